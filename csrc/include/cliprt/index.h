@@ -1,0 +1,115 @@
+// Exact similarity index over quantized embedding storage.
+//
+// Shapes at the boundary (row-major, C-contiguous):
+//   add:         x float32 (n, dim), ids int64 (n) or null       -> int64 (n) assigned ids
+//   search:      q float32 (nq, dim), k > 0                       -> scores float32 (nq, k),
+//                                                                    ids int64 (nq, k)
+//   reconstruct: ids int64 (n)                                    -> float32 (n, dim)
+// Results are sorted by score descending, ties by smaller id; slots past the number of
+// candidates hold score -inf and id -1.
+//
+// Thread safety: any number of concurrent searches; add/remove/save are serialised with
+// them by a reader-writer lock, so a search sees the index before or after an add.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "cliprt/id_map.h"
+#include "cliprt/mapped_file.h"
+#include "cliprt/types.h"
+
+namespace cliprt {
+
+// Rows of one segment. In-memory segments own growable buffers; loaded segments view a
+// (usually memory-mapped) segment file and are immutable except for their deletion bitmap.
+struct Segment {
+  Layout layout;
+  bool has_originals = false;
+  int64_t rows = 0;
+  int64_t capacity = 0;
+  const uint8_t* codes = nullptr;  // packed blocks
+  const int64_t* ids = nullptr;    // (rows)
+  const float* scale = nullptr;    // (rows) for i8 and b1
+  const float* orig = nullptr;     // (rows, dim) float32 originals, when kept
+  AlignedBytes codes_buf, ids_buf, scale_buf, orig_buf;
+  std::shared_ptr<MappedFile> file;
+  std::vector<uint64_t> deleted;   // bitmap over rows
+  int64_t n_deleted = 0;
+  bool sealed = false;             // no more rows may be appended
+  // Persistence bookkeeping: where this segment is already stored, and its deletion file.
+  std::string saved_dir, file_name, del_file;
+  uint64_t file_hash = 0, del_hash = 0;
+  bool del_dirty = false;
+
+  bool is_deleted(int64_t r) const { return (deleted[size_t(r >> 6)] >> (r & 63)) & 1; }
+};
+
+struct SearchParams {
+  int64_t k = 10;
+  int rescore = 0;                      // candidates = k * rescore, rescored exactly; 0 = off
+  const int64_t* allow = nullptr;       // optional allow-list of ids
+  int64_t n_allow = 0;
+  bool has_allow = false;
+  int threads = 0;                      // 0 = default
+};
+
+struct LoadOptions {
+  bool mmap = true;
+  bool verify = true;            // verify checksums of everything but the originals
+  bool verify_originals = false;
+};
+
+class Index {
+ public:
+  Index(int dim, Metric metric, Storage storage, bool keep_originals);
+
+  std::vector<int64_t> add(const float* x, int64_t n, const int64_t* ids);
+  void search(const float* q, int64_t nq, const SearchParams& p, float* out_scores,
+              int64_t* out_ids) const;
+  int64_t remove(const int64_t* ids, int64_t n);
+  void reconstruct(const int64_t* ids, int64_t n, float* out) const;
+  bool contains(int64_t id) const;
+  std::vector<int64_t> ids() const;
+
+  void save(const std::string& dir);
+  static std::unique_ptr<Index> load(const std::string& dir, const LoadOptions& opt);
+  // Verifies every checksum, originals included; throws FormatError.
+  void verify() const;
+
+  int dim() const { return dim_; }
+  Metric metric() const { return metric_; }
+  Storage storage() const { return storage_; }
+  bool keep_originals() const { return keep_originals_; }
+  int64_t size() const;            // live (not removed) vectors
+  int64_t num_segments() const;
+  int64_t memory_bytes() const;    // heap bytes owned (mapped files excluded)
+
+ private:
+  friend class IndexSearcher;
+  void ensure_id_map() const;
+  Segment& writable_segment(int64_t extra_rows);
+  void check_vectors(const float* x, int64_t n, const char* what) const;
+
+  int dim_;
+  Metric metric_;
+  Storage storage_;
+  bool keep_originals_;
+  Layout layout_;
+  int64_t next_id_ = 0;
+  int64_t live_ = 0;
+  uint64_t generation_ = 0;
+  std::vector<std::shared_ptr<Segment>> segments_;
+
+  mutable std::shared_mutex mu_;
+  mutable std::mutex map_mu_;
+  mutable std::atomic<bool> map_ready_{true};
+  mutable IdMap id_map_;
+  std::mutex save_mu_;
+};
+
+}  // namespace cliprt

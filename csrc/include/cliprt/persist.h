@@ -1,0 +1,75 @@
+// On-disk format (version 1). An index is a directory:
+//   MANIFEST                  text, last line "end <xxh64 of all bytes before it>"
+//   seg-G-I.cseg              one segment: 4 KiB header, then 4 KiB-aligned sections
+//                             ids int64 (rows) | scale f32 (rows) | codes (packed blocks)
+//                             | originals f32 (rows, dim); each section has its xxh64
+//   seg-G-I.cseg.del-G2       deletion bitmap of that segment (same container format)
+// A save writes new files, fsyncs them, then atomically renames MANIFEST.tmp over MANIFEST
+// and fsyncs the directory; files no manifest references are removed afterwards. A save
+// killed at any moment leaves the previous MANIFEST and every file it names intact.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cliprt/mapped_file.h"
+#include "cliprt/types.h"
+
+namespace cliprt {
+
+constexpr uint32_t kFormatVersion = 1;
+
+enum class SectionKind : uint32_t { Ids = 1, Scale = 2, Codes = 3, Originals = 4, Deleted = 5 };
+
+struct SectionData {
+  SectionKind kind;
+  const void* data;
+  uint64_t bytes;
+};
+
+struct SectionInfo {
+  SectionKind kind;
+  uint64_t offset = 0, bytes = 0, hash = 0;
+};
+
+struct ContainerHeader {
+  uint32_t file_kind = 0;  // 'S' segment, 'D' deletions
+  uint32_t storage = 0, dim = 0, flags = 0;
+  uint64_t rows = 0;
+  std::vector<SectionInfo> sections;
+};
+
+// Writes header + sections to `path` (via path.tmp, fsync, rename). Returns the header hash.
+uint64_t write_container(const std::string& path, const ContainerHeader& h,
+                         const std::vector<SectionData>& sections);
+// Parses and checks the header against the file size; throws FormatError naming the file.
+ContainerHeader read_container_header(const MappedFile& f);
+const SectionInfo* find_section(const ContainerHeader& h, SectionKind kind);
+void verify_section(const MappedFile& f, const SectionInfo& s, const char* what);
+uint64_t container_header_hash(const MappedFile& f);
+
+struct ManifestSegment {
+  std::string file;
+  int64_t rows = 0;
+  uint64_t hash = 0;       // header hash of the segment file
+  std::string del_file;    // empty when nothing is deleted
+  uint64_t del_hash = 0;
+};
+
+struct Manifest {
+  uint64_t generation = 0;
+  int dim = 0;
+  Metric metric = Metric::Cosine;
+  Storage storage = Storage::F32;
+  bool keep_originals = false;
+  int64_t next_id = 0;
+  std::vector<ManifestSegment> segments;
+};
+
+std::string manifest_to_text(const Manifest& m);
+Manifest manifest_from_text(const std::string& text, const std::string& path);  // FormatError
+
+void fsync_dir(const std::string& dir);
+void write_file_atomic(const std::string& path, const std::string& contents);
+
+}  // namespace cliprt

@@ -1,0 +1,218 @@
+"""Exact similarity index over quantized embedding storage (numpy in, numpy out).
+
+The heavy lifting is in the native core (``cliprt._core``); this module normalises
+arguments, picks per-storage defaults and documents the contract.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from cliprt import _core
+
+STORAGES = ("f32", "f16", "bf16", "i8", "b1")
+METRICS = ("cosine", "ip")
+MAX_DIM = 65536
+
+# Default oversampling for exact rescoring from the kept float32 originals, per storage:
+# the code scan keeps k * R candidates, then the originals decide the final top-k.
+# Chosen from benchmarks/search_cpu.py (recall@10 vs exact f32 on clustered data):
+#   i8 (per-vector absmax codes, int8 query): R = 4 gives recall@10 >= 0.999
+#   b1 (sign bits, Hamming):                  R = 16 gives recall@10 >= 0.99 at D = 512
+DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 4, "b1": 16}
+# Storages that keep float32 originals unless told otherwise.
+KEEPS_ORIGINALS = {"i8", "b1"}
+
+
+def build_info() -> dict:
+    """What this build of cliprt contains: version, compiler, SIMD variants (compiled,
+    available on this CPU, selected), whether CUDA kernels were compiled in and for which
+    architectures."""
+    info = dict(_core.build_info())
+    info["simd"] = info["simd_compiled"]
+    archs = info.get("cuda_archs") or ""
+    info["cuda_archs"] = [a for a in archs.split(",") if a]
+    return info
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
+    """(n, dim) C-contiguous float32 copy-or-view of x; second value: x was one vector."""
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what} must be floating point (float16, float32 or float64), got dtype {a.dtype}")
+    single = a.ndim == 1
+    if single:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n, dim) or 1-D (dim,), got shape {a.shape}")
+    if a.shape[1] != dim:
+        raise ValueError(f"{what} have dim {a.shape[1]}, index has dim {dim}")
+    return np.ascontiguousarray(a, dtype=np.float32), single
+
+
+def _as_ids(ids, what: str) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {a.dtype}")
+    if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} must fit in int64")
+    if a.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+class Index:
+    """Exact top-k similarity search over stored embeddings.
+
+    ``metric``: ``"cosine"`` (vectors and queries are L2-normalised) or ``"ip"``.
+    ``storage``: ``"f32"``, ``"f16"``, ``"bf16"``, ``"i8"`` (per-vector absmax int8) or
+    ``"b1"`` (sign bits). ``keep_originals``: keep the float32 vectors beside the codes for
+    exact rescoring; default True for i8 and b1, False otherwise.
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", storage: str = "f32",
+                 keep_originals: Optional[bool] = None):
+        dim = _check_int(dim, "dim", 1)
+        if dim > MAX_DIM:
+            raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}: expected one of {METRICS}")
+        if storage not in STORAGES:
+            raise ValueError(f"unknown storage {storage!r}: expected one of {STORAGES}")
+        if keep_originals is None:
+            keep_originals = storage in KEEPS_ORIGINALS
+        self._ix = _core.Index(dim, metric, storage, bool(keep_originals))
+
+    @classmethod
+    def _from_core(cls, core) -> "Index":
+        self = cls.__new__(cls)
+        self._ix = core
+        return self
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._ix.dim
+
+    @property
+    def metric(self) -> str:
+        return self._ix.metric
+
+    @property
+    def storage(self) -> str:
+        return self._ix.storage
+
+    @property
+    def keep_originals(self) -> bool:
+        return self._ix.keep_originals
+
+    @property
+    def default_rescore(self) -> int:
+        return DEFAULT_RESCORE[self.storage] if self.keep_originals else 0
+
+    def __len__(self) -> int:
+        return len(self._ix)
+
+    def __contains__(self, id_) -> bool:
+        return self._ix.contains(int(id_))
+
+    def __repr__(self) -> str:
+        return (f"cliprt.Index(dim={self.dim}, metric={self.metric!r}, storage={self.storage!r}, "
+                f"keep_originals={self.keep_originals}, size={len(self)})")
+
+    def ids(self) -> np.ndarray:
+        """The ids of all stored vectors (int64), in storage order."""
+        return self._ix.ids()
+
+    # -- mutation -----------------------------------------------------------------------
+    def add(self, vectors, ids=None) -> np.ndarray:
+        """Adds (n, dim) float vectors; returns their int64 ids (assigned when None).
+
+        Raises ValueError on NaN/Inf, wrong shape, duplicate or negative ids; nothing is
+        stored when a call is rejected."""
+        x, _ = _as_float_rows(vectors, self.dim, "vectors")
+        id_arr = None
+        if ids is not None:
+            id_arr = _as_ids(ids, "ids")
+            if id_arr.shape[0] != x.shape[0]:
+                raise ValueError(f"got {id_arr.shape[0]} ids for {x.shape[0]} vectors")
+        return self._ix.add(x, id_arr)
+
+    def remove(self, ids) -> int:
+        """Removes vectors by id; returns how many were removed (unknown ids are ignored)."""
+        return int(self._ix.remove(_as_ids(ids, "ids")))
+
+    # -- queries ------------------------------------------------------------------------
+    def search(self, queries, k: int = 10, rescore=None, allow=None, threads=None):
+        """Top-k most similar stored vectors.
+
+        queries: (q, dim) or (dim,) floats. Returns (scores float32, ids int64), each (q, k)
+        — or (k,) for a single 1-D query — sorted by score descending, ties by smaller id;
+        empty slots hold -inf and -1.
+
+        rescore: oversampling factor R; the code scan keeps k*R candidates and rescores them
+        exactly with the float32 originals. None uses the storage default
+        (``Index.default_rescore``), 0 or False turns it off.
+        allow: optional ids; only those are candidates (applied inside the scan).
+        threads: worker threads (default: all cores; small searches use one).
+        """
+        q, single = _as_float_rows(queries, self.dim, "queries")
+        k = _check_int(k, "k", 1)
+        if rescore is None:
+            r = self.default_rescore
+        elif rescore is False:
+            r = 0
+        else:
+            r = _check_int(rescore, "rescore", 0)
+            if r > 0 and not self.keep_originals:
+                raise ValueError("rescore needs the original vectors: create the index with keep_originals=True")
+        t = 0 if threads is None else _check_int(threads, "threads", 1)
+        allow_arr = None if allow is None else _as_ids(allow, "allow")
+        scores, ids = self._ix.search(q, k, r, allow_arr, t)
+        if single:
+            return scores[0], ids[0]
+        return scores, ids
+
+    def reconstruct(self, ids) -> np.ndarray:
+        """Dequantised float32 vectors of the given ids ((n, dim), or (dim,) for one id).
+        Raises KeyError for an id that is not stored."""
+        scalar = np.ndim(ids) == 0
+        out = self._ix.reconstruct(_as_ids(ids, "ids"))
+        return out[0] if scalar else out
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Saves to directory `path`. Saving again to the directory the index was loaded
+        from (or last saved to) appends new rows only. Crash-safe: an interrupted save
+        leaves the previous state loadable."""
+        self._ix.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path, mmap: bool = True, verify: bool = True) -> "Index":
+        """Opens an index directory. mmap=True maps the files instead of reading them;
+        verify=True checks the checksums of everything except the float32 originals (use
+        ``verify()`` for a full check). Corrupt files raise cliprt.FormatError."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no index at {path!r}")
+        return cls._from_core(_core.Index.load(path, bool(mmap), bool(verify)))
+
+    def verify(self) -> None:
+        """Checks every checksum of a loaded index, originals included."""
+        self._ix.verify()
