@@ -9,7 +9,7 @@
 namespace cliprt {
 
 Layout make_layout(Storage storage, int dim) {
-  if (dim <= 0) throw ValueError("dim must be positive, got " + std::to_string(dim));
+  if (dim <= 0 || dim > 65536) throw ValueError("dim must be in [1, 65536], got " + std::to_string(dim));
   Layout L;
   L.storage = storage;
   L.dim = dim;

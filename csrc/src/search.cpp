@@ -23,13 +23,17 @@ constexpr int64_t kMaxChunkRows = 512;
 // Below this much work (bytes of codes x query groups) a search runs on the calling thread.
 constexpr double kParallelBytes = 6.0e6;
 
+// Read once: hardware_concurrency() reads sysfs on every call.
 int default_threads() {
-  if (const char* env = std::getenv("CLIPRT_NUM_THREADS")) {
-    int t = std::atoi(env);
-    if (t > 0) return t;
-  }
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc ? int(hc) : 1;
+  static const int n = [] {
+    if (const char* env = std::getenv("CLIPRT_NUM_THREADS")) {
+      int t = std::atoi(env);
+      if (t > 0) return t;
+    }
+    unsigned hc = std::thread::hardware_concurrency();
+    return hc ? int(hc) : 1;
+  }();
+  return n;
 }
 
 // A run of blocks to scan. `locs` (optional) gives each row's location when the rows were
@@ -252,12 +256,17 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
     if (p.rescore > 0) {
       const float* qi = q + size_t(i) * D;
       TopK best(p.k);
-      for (const Hit& h : hits) {
+      for (size_t j = 0; j < hits.size(); ++j) {
+        // Originals are touched only here, a few rows per query: fetch ahead.
+        if (j + 4 < hits.size()) {
+          const Hit& a = hits[j + 4];
+          const float* row = ix.segments_[size_t(loc_segment(a.loc))]->orig + size_t(loc_row(a.loc)) * size_t(D);
+          for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
+        }
+        const Hit& h = hits[j];
         const Segment& s = *ix.segments_[size_t(loc_segment(h.loc))];
         const float* o = s.orig + size_t(loc_row(h.loc)) * size_t(D);
-        double acc = 0;
-        for (int d = 0; d < D; ++d) acc += double(qi[d]) * double(o[d]);
-        best.push(float(acc), h.id, h.loc);
+        best.push(float(K.dot_f64(qi, o, D)), h.id, h.loc);
       }
       hits = best.take_sorted();
     }

@@ -49,10 +49,14 @@ using ScoreFn = void (*)(const PreparedQueries& Q, int q0, int nq, const BlockSp
 // Writes the indices i < n with scores[i] >= threshold into idx, returns their count.
 using SelectFn = int64_t (*)(const float* scores, int64_t n, float threshold, uint32_t* idx);
 
+// Exact dot product of two float32 vectors accumulated in float64 (rescoring).
+using DotFn = double (*)(const float* a, const float* b, int n);
+
 struct ScanKernels {
   const char* name;
   ScoreFn score[kNumStorages];
   SelectFn select;
+  DotFn dot_f64;
 };
 
 const ScanKernels& scalar_kernels();

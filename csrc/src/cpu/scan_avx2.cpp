@@ -204,10 +204,25 @@ int64_t select_ge(const float* s, int64_t n, float thr, uint32_t* idx) {
   return m;
 }
 
+double dot_f64(const float* a, const float* b, int n) {
+  __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  int i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4 * j)),
+                               _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4 * j)), acc[j]);
+  alignas(32) double t[4];
+  _mm256_store_pd(t, _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3])));
+  double s = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; ++i) s += double(a[i]) * double(b[i]);
+  return s;
+}
+
 }  // namespace
 
 const ScanKernels& avx2_kernels() {
-  static const ScanKernels k{"avx2", {score_f32, score_f16, score_bf16, score_i8, score_b1}, select_ge};
+  static const ScanKernels k{"avx2", {score_f32, score_f16, score_bf16, score_i8, score_b1}, select_ge,
+                             dot_f64};
   return k;
 }
 

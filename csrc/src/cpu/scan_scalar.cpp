@@ -99,10 +99,20 @@ int64_t select_ge(const float* scores, int64_t n, float thr, uint32_t* idx) {
   return m;
 }
 
+double dot_f64(const float* a, const float* b, int n) {
+  double acc[8] = {0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += double(a[i + j]) * double(b[i + j]);
+  for (; i < n; ++i) acc[0] += double(a[i]) * double(b[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 }  // namespace
 
 const ScanKernels& scalar_kernels() {
-  static const ScanKernels k{"scalar", {score_f32, score_f16, score_bf16, score_i8, score_b1}, select_ge};
+  static const ScanKernels k{"scalar", {score_f32, score_f16, score_bf16, score_i8, score_b1}, select_ge,
+                             dot_f64};
   return k;
 }
 
