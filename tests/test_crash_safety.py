@@ -260,3 +260,70 @@ def test_kill_between_data_files_and_manifest(tmp_path):
     again = Index.load(d)
     again.verify()
     assert len(again) == 501
+
+
+# ---------------------------------------------------------------------------------------
+# Failure injection: a save that fails part-way (an obstacle where it wants to write)
+# raises, keeps the previous state loadable and removes what it had written.
+
+
+def _two_state_index(d):
+    rng = np.random.default_rng(77)
+    x1 = rng.standard_normal((700, DIM)).astype(np.float32)
+    x2 = rng.standard_normal((300, DIM)).astype(np.float32)
+    ix = Index(DIM, storage="i8")
+    ix.add(x1)
+    ix.save(d)                          # generation 1: seg-1-0.cseg
+    before = {n: open(os.path.join(d, n), "rb").read() for n in os.listdir(d)}
+    ix.add(x2)
+    ix.remove([5])
+    return ix, before, np.concatenate([x1[:4], x2[:4]])
+
+
+# A save names its files past every generation present in the directory, so an obstacle can
+# only be planted where the name is predictable: the deletion file of an existing segment
+# and the manifest's temporary.
+@pytest.mark.parametrize("obstacle", ["seg-1-0.cseg.del-2.tmp", "MANIFEST.tmp"])
+def test_failed_save_keeps_previous_state(tmp_path, obstacle):
+    d = str(tmp_path / "ix")
+    ix, before, q = _two_state_index(d)
+    os.mkdir(os.path.join(d, obstacle))     # open(O_CREAT) of this path fails (EISDIR)
+    with pytest.raises(OSError):
+        ix.save(d)
+    os.rmdir(os.path.join(d, obstacle))
+    after = {n: open(os.path.join(d, n), "rb").read() for n in os.listdir(d)}
+    assert after == before, f"failed save left {sorted(set(after) - set(before))} / changed files"
+    old = Index.load(d)
+    old.verify()
+    assert len(old) == 700 and 5 in old
+    # The index object is still usable and the next save succeeds.
+    assert len(ix) == 999
+    want = ix.search(q, k=5)
+    ix.save(d)
+    new = Index.load(d)
+    new.verify()
+    assert len(new) == 999 and 5 not in new
+    for a, b in zip(want, new.search(q, k=5)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("leftovers", [["seg-1-0.cseg.tmp"], ["seg-1-0.cseg", "seg-1-1.cseg.tmp"]],
+                         ids=["tmp-only", "renamed-segment"])
+def test_retry_after_killed_first_save(tmp_path, leftovers):
+    """A first save into a new directory killed before its MANIFEST was written leaves only
+    the library's own partial files (observed with SIGKILL: ['seg-1-0.cseg.tmp']). There is
+    no previous state to keep, so load() reports "not an index"; retrying the save must
+    work rather than refuse the directory as foreign."""
+    d = tmp_path / "ix"
+    d.mkdir()
+    for name in leftovers:
+        (d / name).write_bytes(b"\0" * 8192)
+    with pytest.raises(cliprt.FormatError):
+        Index.load(d)
+    ix = Index(DIM, storage="i8")
+    ix.add(np.random.default_rng(3).standard_normal((50, DIM)).astype(np.float32))
+    ix.save(d)
+    loaded = Index.load(d)
+    loaded.verify()
+    assert len(loaded) == 50
+    assert not set(leftovers) & set(os.listdir(d)), sorted(os.listdir(d))

@@ -364,6 +364,26 @@ def test_loaded_index_usable_after_directory_removed(tmp_path):
         _assert_same_index(ix, Index.load(tmp_path / f"re-{m}"), q)
 
 
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "read"])
+def test_save_back_after_source_directory_removed(tmp_path, mmap):
+    """The directory an index was loaded from is deleted; saving there again must write
+    every segment afresh, not assume the old files are still present."""
+    d = tmp_path / "ix"
+    x = _data(300, seed=41)
+    ix = Index(DIM, storage="i8")
+    ix.add(x)
+    ix.remove([0, 1])
+    ix.save(d)
+    loaded = Index.load(d, mmap=mmap)
+    shutil.rmtree(d)
+    loaded.add(_data(20, seed=42))
+    loaded.save(d)
+    again = Index.load(d, mmap=mmap)
+    again.verify()
+    assert len(again) == 318
+    _assert_same_index(loaded, again, _queries(x))
+
+
 def test_overwrite_with_a_different_index(tmp_path):
     """Saving an unrelated index into an existing index directory replaces it."""
     d = tmp_path / "ix"
@@ -478,3 +498,32 @@ def test_load_plain_file_raises_format_error(tmp_path):
 
 def test_format_error_is_value_error():
     assert issubclass(cliprt.FormatError, ValueError)
+
+
+def test_save_into_missing_parent_raises_os_error(tmp_path):
+    ix = Index(DIM)
+    ix.add(_data(5))
+    with pytest.raises(OSError):
+        ix.save(tmp_path / "no" / "such" / "parent")
+    assert not (tmp_path / "no").exists()
+
+
+def test_append_through_a_symlinked_path(tmp_path):
+    """The directory is recognised as "the one the index was loaded from" by its real
+    path, so saving through another name for it still appends."""
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    ix = Index(DIM, storage="f16")
+    ix.add(_data(100, seed=1))
+    ix.save(real)
+    os.symlink(real, link)
+    stats = _file_stats(real)
+    loaded = Index.load(link)
+    loaded.add(_data(10, seed=2))
+    loaded.save(real)
+    stats2 = _file_stats(real)
+    for name in stats:
+        if name.startswith("seg-"):
+            assert stats2[name] == stats[name]
+    assert len(_seg_files(real)) == 2
+    assert len(Index.load(link)) == 110

@@ -122,10 +122,16 @@ void encode_row(const Layout& L, const float* x, uint8_t* code, float* scale) {
       auto* c = reinterpret_cast<int8_t*>(code);
       if (amax > 0.0f) {
         const float inv = 127.0f / amax;
-        for (int d = 0; d < D; ++d) {
-          float v = std::nearbyint(x[d] * inv);
-          v = std::fmin(127.0f, std::fmax(-127.0f, v));
-          c[d] = int8_t(v);
+        if (std::isfinite(inv)) {
+          for (int d = 0; d < D; ++d) {
+            float v = std::nearbyint(x[d] * inv);
+            v = std::fmin(127.0f, std::fmax(-127.0f, v));
+            c[d] = int8_t(v);
+          }
+        } else {  // tiny vectors: 127 / max|x| overflows float32, scale in float64
+          const double inv64 = 127.0 / double(amax);
+          for (int d = 0; d < D; ++d)
+            c[d] = int8_t(std::fmin(127.0, std::fmax(-127.0, std::nearbyint(double(x[d]) * inv64))));
         }
         *scale = amax / 127.0f;
       } else {
@@ -172,6 +178,16 @@ void decode_row(const Layout& L, const uint8_t* code, float scale, float* out) {
       for (int d = 0; d < D; ++d) out[d] = ((w[d >> 6] >> (d & 63)) & 1) ? scale : -scale;
       break;
     }
+  }
+}
+
+void normalise_row(float* x, int dim, double sum_sq) {
+  const double inv64 = 1.0 / std::sqrt(sum_sq);
+  const float inv = float(inv64);
+  if (std::isfinite(inv)) {
+    for (int d = 0; d < dim; ++d) x[d] *= inv;
+  } else {
+    for (int d = 0; d < dim; ++d) x[d] = float(double(x[d]) * inv64);
   }
 }
 

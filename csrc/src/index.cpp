@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -43,6 +44,12 @@ void set_owned_pointers(Segment& s) {
   s.orig = s.has_originals ? reinterpret_cast<const float*>(s.orig_buf.data()) : nullptr;
 }
 
+// Names an index directory may contain: the manifest, segment and deletion files, and the
+// temporaries of an interrupted save.
+bool is_index_file_name(const std::string& n) {
+  return n == "MANIFEST" || n == "MANIFEST.tmp" || (n.rfind("seg-", 0) == 0 && n.find(".cseg") != std::string::npos);
+}
+
 int64_t popcount_bits(const std::vector<uint64_t>& bits) {
   int64_t n = 0;
   for (uint64_t w : bits) n += __builtin_popcountll(w);
@@ -55,17 +62,17 @@ Index::Index(int dim, Metric metric, Storage storage, bool keep_originals)
       layout_(make_layout(storage, dim)) {}
 
 int64_t Index::size() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   return live_;
 }
 
 int64_t Index::num_segments() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   return int64_t(segments_.size());
 }
 
 int64_t Index::memory_bytes() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   int64_t b = 0;
   for (auto& s : segments_)
     b += int64_t(s->codes_buf.capacity() + s->ids_buf.capacity() + s->scale_buf.capacity() +
@@ -144,16 +151,15 @@ std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
       if (!(ss > 0))
         throw ValueError("vector " + std::to_string(i) +
                          " has zero norm and cannot be normalised (metric='cosine')");
-      const float inv = float(1.0 / std::sqrt(ss));
-      for (int d = 0; d < dim_; ++d) r[d] *= inv;
+      normalise_row(r, dim_, ss);
     }
     src = normed.data();
   }
   std::vector<int64_t> out(static_cast<size_t>(n));
   if (ids) {
     for (int64_t i = 0; i < n; ++i) {
-      if (ids[i] < 0)
-        throw ValueError("ids must be non-negative (got " + std::to_string(ids[i]) +
+      if (ids[i] < 0 || ids[i] == std::numeric_limits<int64_t>::max())
+        throw ValueError("ids must be in [0, 2**63 - 2] (got " + std::to_string(ids[i]) +
                          "; -1 marks empty result slots)");
       out[size_t(i)] = ids[i];
     }
@@ -169,13 +175,14 @@ std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
   for (int64_t i = 0; i < n; ++i)
     encode_row(layout_, src + size_t(i) * size_t(dim_), codes.data() + size_t(i) * rb, &scales[size_t(i)]);
 
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  std::unique_lock<RwLock> lock(mu_);
   ensure_id_map();
   if (ids) {
     for (int64_t i = 0; i < n; ++i)
       if (id_map_.find(ids[i]) >= 0)
         throw ValueError("id " + std::to_string(ids[i]) + " is already in the index");
   } else {
+    if (next_id_ > std::numeric_limits<int64_t>::max() - n) throw ValueError("automatic ids exhausted: pass explicit ids");
     for (int64_t i = 0; i < n; ++i) out[size_t(i)] = next_id_ + i;
   }
   if (n == 0) return out;
@@ -203,7 +210,7 @@ std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
 }
 
 int64_t Index::remove(const int64_t* ids, int64_t n) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
+  std::unique_lock<RwLock> lock(mu_);
   ensure_id_map();
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -222,13 +229,13 @@ int64_t Index::remove(const int64_t* ids, int64_t n) {
 }
 
 bool Index::contains(int64_t id) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   ensure_id_map();
   return id_map_.find(id) >= 0;
 }
 
 std::vector<int64_t> Index::ids() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   std::vector<int64_t> out;
   out.reserve(size_t(live_));
   for (auto& s : segments_)
@@ -238,7 +245,7 @@ std::vector<int64_t> Index::ids() const {
 }
 
 void Index::reconstruct(const int64_t* ids, int64_t n, float* out) const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   ensure_id_map();
   std::vector<uint8_t> code(layout_.row_bytes());
   for (int64_t i = 0; i < n; ++i) {
@@ -285,15 +292,22 @@ void Index::save(const std::string& dir_in) {
       disk_generation = generation_ + 1000;
     }
   } else {
+  }
+  // Without a manifest the directory may hold only what an interrupted first save left.
+  // New files are named past every generation already present, so none is overwritten.
+  {
     DIR* d = ::opendir(dir.c_str());
     if (!d) throw_errno("cannot list", dir);
-    bool empty = true;
+    bool foreign = false;
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;
-      if (n != "." && n != "..") { empty = false; break; }
+      if (n == "." || n == "..") continue;
+      if (!is_index_file_name(n)) foreign = true;
+      else if (n.rfind("seg-", 0) == 0)
+        disk_generation = std::max<uint64_t>(disk_generation, std::strtoull(n.c_str() + 4, nullptr, 10));
     }
     ::closedir(d);
-    if (!empty)
+    if (foreign && !file_exists(manifest_path))
       throw ValueError("'" + dir_in + "' exists, is not empty and is not a cliprt index: refusing to write into it");
   }
 
@@ -301,7 +315,7 @@ void Index::save(const std::string& dir_in) {
   Manifest m;
   std::vector<SegmentSnapshot> snap;
   {
-    std::unique_lock<std::shared_mutex> lock(mu_);
+    std::unique_lock<RwLock> lock(mu_);
     if (!segments_.empty()) segments_.back()->sealed = true;
     for (auto& s : segments_)
       if (s->rows > 0) snap.push_back({s, s->deleted, s->n_deleted, s->del_dirty});
@@ -370,7 +384,7 @@ void Index::save(const std::string& dir_in) {
 
   // 4. Record where each segment now lives.
   {
-    std::unique_lock<std::shared_mutex> lock(mu_);
+    std::unique_lock<RwLock> lock(mu_);
     for (size_t i = 0; i < snap.size(); ++i) {
       Segment& s = *snap[i].seg;
       s.saved_dir = dir;
@@ -393,8 +407,7 @@ void Index::save(const std::string& dir_in) {
     std::vector<std::string> drop;
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;
-      const bool ours = n.rfind("seg-", 0) == 0 || (n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0);
-      if (ours && !keep.count(n)) drop.push_back(n);
+      if (is_index_file_name(n) && n != "MANIFEST" && !keep.count(n)) drop.push_back(n);
     }
     ::closedir(d);
     for (auto& n : drop) ::unlink((dir + "/" + n).c_str());
@@ -409,6 +422,13 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
   if (!file_exists(manifest_path))
     throw FormatError("'" + dir_in + "' is not a cliprt index (no MANIFEST)");
   Manifest m = manifest_from_text(read_text_file(manifest_path), manifest_path);
+  if (m.next_id < 0) throw FormatError("corrupt index manifest '" + manifest_path + "': negative next_id");
+  {
+    std::set<std::string> names;
+    for (auto& ms : m.segments)
+      if (!names.insert(ms.file).second || (!ms.del_file.empty() && !names.insert(ms.del_file).second))
+        throw FormatError("corrupt index manifest '" + manifest_path + "': file '" + ms.file + "' listed twice");
+  }
   auto ix = std::make_unique<Index>(m.dim, m.metric, m.storage, m.keep_originals);
   ix->next_id_ = m.next_id;
   ix->generation_ = m.generation;
@@ -474,6 +494,10 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
       s->del_file = ms.del_file;
       s->del_hash = ms.del_hash;
     }
+    for (int64_t r = 0; r < int64_t(rows); ++r)
+      if (s->ids[r] < 0 || s->ids[r] >= m.next_id)
+        throw FormatError("corrupt index: manifest '" + manifest_path + "' has next_id " +
+                          std::to_string(m.next_id) + " but '" + path + "' stores id " + std::to_string(s->ids[r]));
     ix->live_ += s->rows - s->n_deleted;
     ix->segments_.push_back(s);
   }
@@ -482,7 +506,7 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
 }
 
 void Index::verify() const {
-  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::shared_lock<RwLock> lock(mu_);
   for (auto& s : segments_) {
     if (!s->file) continue;
     ContainerHeader h = read_container_header(*s->file);

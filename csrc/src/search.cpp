@@ -85,6 +85,33 @@ void scan_sources(const Layout& L, const ScanKernels& K, const PreparedQueries& 
   }
 }
 
+// Runs fn(0..n-1), fn(0) on the calling thread; rethrows the first exception.
+template <class Fn>
+void parallel_for(int n, const Fn& fn) {
+  if (n <= 1) {
+    fn(0);
+    return;
+  }
+  std::vector<std::thread> pool;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+  for (int t = 1; t < n; ++t)
+    pool.emplace_back([&, t] {
+      try {
+        fn(t);
+      } catch (...) {
+        errors[size_t(t)] = std::current_exception();
+      }
+    });
+  try {
+    fn(0);
+  } catch (...) {
+    errors[0] = std::current_exception();
+  }
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
 // Splits the sources into `parts` runs of roughly equal block counts.
 std::vector<std::vector<ScanSource>> split_work(const std::vector<ScanSource>& all, int parts) {
   int64_t total = 0;
@@ -136,13 +163,12 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
       double ss = 0;
       for (int d = 0; d < D; ++d) ss += double(r[d]) * r[d];
       if (!(ss > 0)) throw ValueError("query " + std::to_string(i) + " has zero norm and cannot be normalised (metric='cosine')");
-      const float inv = float(1.0 / std::sqrt(ss));
-      for (int d = 0; d < D; ++d) r[d] *= inv;
+      normalise_row(r, D, ss);
     }
     q = qn.data();
   }
 
-  std::shared_lock<std::shared_mutex> lock(ix.mu_);
+  std::shared_lock<RwLock> lock(ix.mu_);
   const ScanKernels& K = active_kernels();
   const int64_t live = ix.live_;
   const int64_t kc_raw = p.rescore > 0 ? p.k * p.rescore : p.k;
@@ -223,36 +249,16 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
   if (bytes < kParallelBytes) threads = 1;
   threads = int(std::min<int64_t>(threads, std::max<int64_t>(1, total_blocks / 4)));
 
-  std::vector<std::vector<TopK>> heaps(static_cast<size_t>(threads), std::vector<TopK>(size_t(nq), TopK(kc)));
-  if (threads == 1) {
-    scan_sources(L, K, Q, work, heaps[0]);
-  } else {
-    auto parts = split_work(work, threads);
-    std::vector<std::thread> pool;
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-    for (int t = 1; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        try {
-          scan_sources(L, K, Q, parts[size_t(t)], heaps[size_t(t)]);
-        } catch (...) {
-          errors[size_t(t)] = std::current_exception();
-        }
-      });
-    try {
-      scan_sources(L, K, Q, parts[0], heaps[0]);
-    } catch (...) {
-      errors[0] = std::current_exception();
-    }
-    for (auto& th : pool) th.join();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
-    for (int t = 1; t < threads; ++t)
-      for (int64_t i = 0; i < nq; ++i)
-        for (const Hit& h : heaps[size_t(t)][size_t(i)].items()) heaps[0][size_t(i)].push(h.score, h.id, h.loc);
-  }
+  std::vector<std::vector<TopK>> heaps(static_cast<size_t>(threads), std::vector<TopK>(static_cast<size_t>(nq), TopK(kc)));
+  auto parts = split_work(work, threads);
+  parallel_for(threads, [&](int t) { scan_sources(L, K, Q, parts[size_t(t)], heaps[size_t(t)]); });
 
-  for (int64_t i = 0; i < nq; ++i) {
-    std::vector<Hit> hits = heaps[0][size_t(i)].take_sorted();
+  // Per query: merge the threads' candidates, rescore them exactly when asked, write out.
+  auto finish = [&](int64_t i) {
+    TopK& merged = heaps[0][size_t(i)];
+    for (int t = 1; t < threads; ++t)
+      for (const Hit& h : heaps[size_t(t)][size_t(i)].items()) merged.push(h.score, h.id, h.loc);
+    std::vector<Hit> hits = merged.take_sorted();
     if (p.rescore > 0) {
       const float* qi = q + size_t(i) * D;
       TopK best(p.k);
@@ -264,8 +270,7 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
           for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
         }
         const Hit& h = hits[j];
-        const Segment& s = *ix.segments_[size_t(loc_segment(h.loc))];
-        const float* o = s.orig + size_t(loc_row(h.loc)) * size_t(D);
+        const float* o = ix.segments_[size_t(loc_segment(h.loc))]->orig + size_t(loc_row(h.loc)) * size_t(D);
         best.push(float(K.dot_f64(qi, o, D)), h.id, h.loc);
       }
       hits = best.take_sorted();
@@ -275,7 +280,11 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
     const int64_t m = std::min<int64_t>(p.k, int64_t(hits.size()));
     for (int64_t j = 0; j < m; ++j) { os[j] = hits[size_t(j)].score; oi[j] = hits[size_t(j)].id; }
     for (int64_t j = m; j < p.k; ++j) { os[j] = -std::numeric_limits<float>::infinity(); oi[j] = -1; }
-  }
+  };
+  const int fthreads = int(std::min<int64_t>(threads, nq));
+  parallel_for(fthreads, [&](int t) {
+    for (int64_t i = t; i < nq; i += fthreads) finish(i);
+  });
 }
 
 void Index::search(const float* q, int64_t nq, const SearchParams& p, float* out_scores,

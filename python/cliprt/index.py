@@ -59,7 +59,8 @@ def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
         raise ValueError(f"{what} must be 2-D (n, dim) or 1-D (dim,), got shape {a.shape}")
     if a.shape[1] != dim:
         raise ValueError(f"{what} have dim {a.shape[1]}, index has dim {dim}")
-    return np.ascontiguousarray(a, dtype=np.float32), single
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected by the core
+        return np.ascontiguousarray(a, dtype=np.float32), single
 
 
 def _as_ids(ids, what: str) -> np.ndarray:

@@ -1,8 +1,9 @@
 // Scalar codecs: the specification of every storage format. SIMD and CUDA code must produce
 // the same codes for the same input.
 //   f16:  IEEE binary16, round to nearest even.      bf16: round to nearest even.
-//   i8:   symmetric per-vector absmax: scale = max|x| / 127, code = rint(x * (127 / max|x|)),
-//         clamped to [-127, 127]; a zero vector has scale 0 and zero codes.
+//   i8:   symmetric per-vector absmax: scale = max|x| / 127, code = rint(x * (127 / max|x|))
+//         in float32 (in float64 when 127 / max|x| overflows float32), clamped to
+//         [-127, 127]; a zero vector has scale 0 and zero codes.
 //   b1:   bit = (x > 0); scale = mean |x|; dequantised value = (bit ? +scale : -scale).
 #pragma once
 #include <cstdint>
@@ -23,6 +24,10 @@ float storage_max_abs(Storage s);
 void encode_row(const Layout& L, const float* x, uint8_t* code, float* scale);
 // Inverse of encode_row for the stored value (dequantised float32).
 void decode_row(const Layout& L, const uint8_t* code, float scale, float* out);
+
+// L2-normalises a row in place given its float64 sum of squares (> 0): one float32 multiply
+// by 1/norm rounded to float32, or a float64 division where 1/norm overflows float32.
+void normalise_row(float* x, int dim, double sum_sq);
 
 // Moves one contiguous row code into / out of the packed block layout.
 void scatter_row(const Layout& L, const uint8_t* code, uint8_t* blocks, int64_t row);

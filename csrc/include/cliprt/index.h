@@ -21,6 +21,7 @@
 
 #include "cliprt/id_map.h"
 #include "cliprt/mapped_file.h"
+#include "cliprt/rw_lock.h"
 #include "cliprt/types.h"
 
 namespace cliprt {
@@ -105,7 +106,7 @@ class Index {
   uint64_t generation_ = 0;
   std::vector<std::shared_ptr<Segment>> segments_;
 
-  mutable std::shared_mutex mu_;
+  mutable RwLock mu_;
   mutable std::mutex map_mu_;
   mutable std::atomic<bool> map_ready_{true};
   mutable IdMap id_map_;
