@@ -20,7 +20,8 @@ import numpy as np
 
 STORAGES = ("f32", "f16", "bf16", "i8", "b1")
 METRICS = ("cosine", "ip")
-DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 4, "b1": 16}
+# Effective default rescoring of an index created with the default keep_originals.
+DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 4, "b1": 64}
 
 F32_EPS = float(np.finfo(np.float32).eps)  # 2**-23; unit roundoff u = eps / 2
 

@@ -202,6 +202,12 @@ def test_keep_originals_defaults(storage):
     assert ix.dim == DIM and ix.metric == "cosine" and ix.storage == storage
 
 
+@pytest.mark.parametrize("storage,rescore", [("f32", 0), ("f16", 2), ("bf16", 2)])
+def test_default_rescore_when_float_storage_keeps_originals(storage, rescore):
+    ix = cliprt.Index(DIM, "cosine", storage, keep_originals=True)
+    assert ix.default_rescore == rescore
+
+
 @pytest.mark.parametrize("kwargs,exc", [
     (dict(dim=4, metric="l2"), ValueError),
     (dict(dim=4, metric="COSINE"), ValueError),

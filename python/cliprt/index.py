@@ -19,10 +19,12 @@ MAX_DIM = 65536
 
 # Default oversampling for exact rescoring from the kept float32 originals, per storage:
 # the code scan keeps k * R candidates, then the originals decide the final top-k.
-# Chosen from benchmarks/search_cpu.py (recall@10 vs exact f32 on clustered data):
-#   i8 (per-vector absmax codes, int8 query): R = 4 gives recall@10 >= 0.999
-#   b1 (sign bits, Hamming):                  R = 16 gives recall@10 >= 0.99 at D = 512
-DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 4, "b1": 16}
+# Measured on N = 1M, D = 512 clustered data (benchmarks/results/search_cpu.md and
+# b1_scoring.md), recall@10 vs exact float32:
+#   i8 (per-vector absmax codes, int8 query): R = 1 -> 0.977, R = 2 -> 1.000; default 4.
+#   b1 (sign bits, Hamming): R = 16 -> 0.66, 32 -> 0.84, 64 -> 0.975, 128 -> 1.0; default 64.
+#   f16/bf16 rescore only when created with keep_originals=True (R = 2 -> 1.000).
+DEFAULT_RESCORE = {"f32": 0, "f16": 2, "bf16": 2, "i8": 4, "b1": 64}
 # Storages that keep float32 originals unless told otherwise.
 KEEPS_ORIGINALS = {"i8", "b1"}
 
