@@ -1,4 +1,9 @@
 // Bounded top-k collector: keeps the k best (score desc, id asc) of what it is offered.
+//
+// Candidates at or above the running threshold are appended to a buffer; when the buffer
+// holds 2k of them, a partial selection keeps the best k and raises the threshold to the
+// k-th score. Pushes cost O(1) amortised whatever k is (a heap costs O(log k) per push,
+// which dominates scans that keep thousands of candidates for rescoring).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -20,34 +25,39 @@ inline bool ranks_before(const Hit& a, const Hit& b) {
 
 class TopK {
  public:
-  explicit TopK(int64_t k = 0) : k_(k) { heap_.reserve(size_t(std::min<int64_t>(k, 1 << 16))); }
+  explicit TopK(int64_t k = 0) : k_(k) {
+    buf_.reserve(size_t(std::min<int64_t>(capacity(), 4096)));
+  }
   int64_t k() const { return k_; }
-  int64_t size() const { return int64_t(heap_.size()); }
   // Scores below this can never enter; ties with it may (smaller id wins).
-  float threshold() const {
-    return int64_t(heap_.size()) < k_ ? -std::numeric_limits<float>::infinity() : heap_.front().score;
-  }
+  float threshold() const { return threshold_; }
   void push(float score, int64_t id, int64_t loc) {
-    Hit h{score, id, loc};
-    if (int64_t(heap_.size()) < k_) {
-      heap_.push_back(h);
-      std::push_heap(heap_.begin(), heap_.end(), ranks_before);
-    } else if (k_ > 0 && ranks_before(h, heap_.front())) {
-      std::pop_heap(heap_.begin(), heap_.end(), ranks_before);
-      heap_.back() = h;
-      std::push_heap(heap_.begin(), heap_.end(), ranks_before);
-    }
+    if (score < threshold_ || k_ <= 0) return;
+    buf_.push_back(Hit{score, id, loc});
+    if (int64_t(buf_.size()) >= capacity()) compact();
   }
-  // Best first; leaves the collector empty.
+  // Best first, at most k; leaves the collector empty.
   std::vector<Hit> take_sorted() {
-    std::sort(heap_.begin(), heap_.end(), ranks_before);
-    return std::move(heap_);
+    compact();
+    std::sort(buf_.begin(), buf_.end(), ranks_before);
+    threshold_ = -std::numeric_limits<float>::infinity();
+    return std::move(buf_);
   }
-  const std::vector<Hit>& items() const { return heap_; }
+  // Every kept candidate (a superset of the top k, unordered).
+  const std::vector<Hit>& items() const { return buf_; }
 
  private:
+  int64_t capacity() const { return std::max<int64_t>(2 * k_, k_ + 64); }
+  void compact() {
+    if (int64_t(buf_.size()) <= k_) return;
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), ranks_before);
+    buf_.resize(size_t(k_));
+    threshold_ = buf_[size_t(k_ - 1)].score;
+  }
+
   int64_t k_;
-  std::vector<Hit> heap_;  // heap ordered so that front() is the worst kept hit
+  float threshold_ = -std::numeric_limits<float>::infinity();
+  std::vector<Hit> buf_;
 };
 
 }  // namespace cliprt
