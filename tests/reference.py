@@ -21,7 +21,7 @@ import numpy as np
 STORAGES = ("f32", "f16", "bf16", "i8", "b1")
 METRICS = ("cosine", "ip")
 # Effective default rescoring of an index created with the default keep_originals.
-DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 4, "b1": 64}
+DEFAULT_RESCORE = {"f32": 0, "f16": 0, "bf16": 0, "i8": 2, "b1": 64}
 
 F32_EPS = float(np.finfo(np.float32).eps)  # 2**-23; unit roundoff u = eps / 2
 
@@ -137,7 +137,8 @@ def encode(storage: str, x):
         return codes, scale
     if storage == "b1":
         bits = (x > 0).astype(np.uint8)
-        s = np.cumsum(np.abs(x.astype(np.float64)), axis=1)[:, -1] / d  # sequential, float64
+        x64 = x.astype(np.float64)
+        s = np.sqrt(np.cumsum(x64 * x64, axis=1)[:, -1] / d)  # sequential, float64
         return bits, s.astype(np.float32)
     raise ValueError(storage)
 

@@ -324,3 +324,10 @@ def test_property_f32_matches_reference(case, n_removed, n_allowed):
             kth = np.sort(ref_s[r])[::-1][min(k, live.sum()) - 1]
             must = ids[live][ref_s[r] > kth + tol[r]]
             assert np.isin(must, i[r]).all()
+
+
+@pytest.mark.parametrize("k,r", [(1, 640), (10, 64), (100, 7), (1000, 4)])
+def test_b1_default_candidate_pool(k, r):
+    """b1 keeps max(640, 4k) candidates by default rather than growing R*k linearly."""
+    assert cliprt.Index(DIM, "cosine", "b1").default_rescore_for(k) == r
+    assert cliprt.Index(DIM, "cosine", "i8").default_rescore_for(k) == 2

@@ -74,8 +74,9 @@ def test_search_matches_reference(rng, simd_variant, storage, metric, dim, n):
             np.testing.assert_array_equal(s, plain[k][0])
             np.testing.assert_array_equal(i, plain[k][1])
         else:
-            check_rescored_batch(s, i, code_s, code_tol, exact_s, exact_tol, ids, k, k * r,
-                                 f"{what} k={k} rescore=default({r})")
+            rk = ix.default_rescore_for(k)
+            check_rescored_batch(s, i, code_s, code_tol, exact_s, exact_tol, ids, k, k * rk,
+                                 f"{what} k={k} rescore=default({rk})")
 
 
 @pytest.mark.parametrize("rescore", [1, 3])
@@ -129,7 +130,7 @@ def test_large_index(rng, storage):
         exact_s, exact_a = ref.exact_scores("ip", q, x, return_abs=True)
         s, i = ix.search(q, k=k)
         check_rescored_batch(s, i, code_s, code_tol, exact_s, ref.tolerances("rescore", exact_a), ids, k,
-                             k * ix.default_rescore, f"{storage} n={n} default rescore")
+                             k * ix.default_rescore_for(k), f"{storage} n={n} default rescore")
     # this index is large enough for the multi-threaded path (> 6 MB of codes per
     # query group): one thread and two threads must agree bit for bit
     for kw in ({"rescore": 0}, {}, {"allow": rng.choice(n, n // 2, replace=False)}):
@@ -275,7 +276,7 @@ def test_ties_smaller_id_first(rng, simd_variant, storage, metric):
             s, i = ix.search(q[0], k=k)
             # the candidate cut (k * R rows) may split a group of equal code scores:
             # the smaller ids are the ones kept
-            n_cand = min(k * ix.default_rescore, len(ids))
+            n_cand = min(k * ix.default_rescore_for(k), len(ids))
             _, cand = ref.exact_topk(full_code[0], n_cand, ids)
             pos = {v: j for j, v in enumerate(ids.tolist())}
             cs = np.array([full_exact[0][pos[c]] for c in cand.tolist()])
@@ -344,7 +345,7 @@ def test_allow_half(rng, simd_variant, storage, metric):
         exact_s, exact_a = ref.exact_scores(metric, q, x[sel], return_abs=True)
         s, i = ix.search(q, k=k, allow=allow)
         check_rescored_batch(s, i, code_s, ref.tolerances(storage, code_a), exact_s,
-                             ref.tolerances("rescore", exact_a), allow, k, k * ix.default_rescore,
+                             ref.tolerances("rescore", exact_a), allow, k, k * ix.default_rescore_for(k),
                              "half allow rescored")
     # allowing everything is the same as no allow-list
     a = ix.search(q, k=k, allow=ids, rescore=0)
@@ -630,7 +631,7 @@ def test_loaded_then_grown_index(rng, tmp_path, storage):
             es, ea = ref.exact_scores("cosine", q, x[st], return_abs=True)
             s, i = ix2.search(q, k=12, allow=a)
             check_rescored_batch(s, i, sc, ref.tolerances(storage, sa), es, ref.tolerances("rescore", ea),
-                                 st, 12, 12 * ix2.default_rescore, "two segments, allow, rescored")
+                                 st, 12, 12 * ix2.default_rescore_for(12), "two segments, allow, rescored")
     got = ix2.reconstruct(live)
     err = np.abs(got.astype(np.float64) - ref.stored(storage, "cosine", x[live]))
     assert np.all(err <= _code_step(storage, ref.stored(storage, "cosine", x[live])))

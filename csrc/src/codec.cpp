@@ -118,15 +118,17 @@ void encode_row(const Layout& L, const float* x, uint8_t* code, float* scale) {
     }
     case Storage::I8: {
       float amax = 0.0f;
-      for (int d = 0; d < D; ++d) amax = std::fmax(amax, std::fabs(x[d]));
+      for (int d = 0; d < D; ++d) {
+        const float a = std::fabs(x[d]);
+        amax = a > amax ? a : amax;
+      }
       auto* c = reinterpret_cast<int8_t*>(code);
       if (amax > 0.0f) {
         const float inv = 127.0f / amax;
         if (std::isfinite(inv)) {
           for (int d = 0; d < D; ++d) {
-            float v = std::nearbyint(x[d] * inv);
-            v = std::fmin(127.0f, std::fmax(-127.0f, v));
-            c[d] = int8_t(v);
+            const float v = std::nearbyint(x[d] * inv);  // |v| <= 127 up to rounding of inv
+            c[d] = int8_t(v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v));
           }
         } else {  // tiny vectors: 127 / max|x| overflows float32, scale in float64
           const double inv64 = 127.0 / double(amax);
@@ -141,12 +143,12 @@ void encode_row(const Layout& L, const float* x, uint8_t* code, float* scale) {
     }
     case Storage::B1: {
       auto* w = reinterpret_cast<uint64_t*>(code);
-      double sum = 0.0;
+      double sum_sq = 0.0;
       for (int d = 0; d < D; ++d) {
-        sum += std::fabs(double(x[d]));
+        sum_sq += double(x[d]) * double(x[d]);
         if (x[d] > 0.0f) w[d >> 6] |= uint64_t(1) << (d & 63);
       }
-      *scale = float(sum / D);
+      *scale = float(std::sqrt(sum_sq / D));
       break;
     }
   }

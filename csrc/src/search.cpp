@@ -57,7 +57,7 @@ void scan_sources(const Layout& L, const ScanKernels& K, const PreparedQueries& 
   cb = std::min<int64_t>(cb, kMaxChunkRows / kBlockRows);
   const int qg = std::min(nq, kQueryGroup);
   std::vector<float> buf(static_cast<size_t>(qg) * size_t(cb) * kBlockRows);
-  std::vector<uint32_t> idx(static_cast<size_t>(cb) * kBlockRows);
+  std::vector<uint32_t> idx(static_cast<size_t>(cb * kBlockRows + kSelectSlack));
   const ScoreFn score = K.score[int(L.storage)];
   for (const ScanSource& src : work) {
     for (int64_t c = 0; c < src.nblocks; c += cb) {
@@ -262,16 +262,20 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
     if (p.rescore > 0) {
       const float* qi = q + size_t(i) * D;
       TopK best(p.k);
+      auto orig = [&](const Hit& h) {
+        return ix.segments_[size_t(loc_segment(h.loc))]->orig + size_t(loc_row(h.loc)) * size_t(D);
+      };
+      auto prefetch = [&](size_t j) {
+        if (j >= hits.size()) return;
+        const float* row = orig(hits[j]);
+        for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
+      };
+      // Originals are touched only here, scattered rows: keep kRescoreAhead rows in flight.
+      constexpr size_t kRescoreAhead = 16;
+      for (size_t j = 0; j < kRescoreAhead; ++j) prefetch(j);
       for (size_t j = 0; j < hits.size(); ++j) {
-        // Originals are touched only here, a few rows per query: fetch ahead.
-        if (j + 4 < hits.size()) {
-          const Hit& a = hits[j + 4];
-          const float* row = ix.segments_[size_t(loc_segment(a.loc))]->orig + size_t(loc_row(a.loc)) * size_t(D);
-          for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
-        }
-        const Hit& h = hits[j];
-        const float* o = ix.segments_[size_t(loc_segment(h.loc))]->orig + size_t(loc_row(h.loc)) * size_t(D);
-        best.push(float(K.dot_f64(qi, o, D)), h.id, h.loc);
+        prefetch(j + kRescoreAhead);
+        best.push(float(K.dot_f64(qi, orig(hits[j]), D)), hits[j].id, hits[j].loc);
       }
       hits = best.take_sorted();
     }

@@ -21,10 +21,14 @@ MAX_DIM = 65536
 # the code scan keeps k * R candidates, then the originals decide the final top-k.
 # Measured on N = 1M, D = 512 clustered data (benchmarks/results/search_cpu.md and
 # b1_scoring.md), recall@10 vs exact float32:
-#   i8 (per-vector absmax codes, int8 query): R = 1 -> 0.977, R = 2 -> 1.000; default 4.
+#   i8 (per-vector absmax codes, int8 query): R = 1 -> 0.977, R = 2 -> 1.000 (random-normal
+#      data likewise 0.973 and 1.000); default 2.
 #   b1 (sign bits, Hamming): R = 16 -> 0.66, 32 -> 0.84, 64 -> 0.975, 128 -> 1.0; default 64.
 #   f16/bf16 rescore only when created with keep_originals=True (R = 2 -> 1.000).
-DEFAULT_RESCORE = {"f32": 0, "f16": 2, "bf16": 2, "i8": 4, "b1": 64}
+DEFAULT_RESCORE = {"f32": 0, "f16": 2, "bf16": 2, "i8": 2, "b1": 64}
+# b1's candidate pool does not need to grow linearly with k: by default it keeps
+# max(MIN_CANDIDATES, 4 k) candidates, i.e. R = max(4, ceil(640 / k)) (64 at k = 10).
+MIN_CANDIDATES = {"b1": 640}
 # Storages that keep float32 originals unless told otherwise.
 KEEPS_ORIGINALS = {"i8", "b1"}
 
@@ -127,7 +131,17 @@ class Index:
 
     @property
     def default_rescore(self) -> int:
-        return DEFAULT_RESCORE[self.storage] if self.keep_originals else 0
+        """Default oversampling R at k = 10 (see ``default_rescore_for``)."""
+        return self.default_rescore_for(10)
+
+    def default_rescore_for(self, k: int) -> int:
+        """The oversampling R that ``search(..., rescore=None)`` uses for this k."""
+        if not self.keep_originals:
+            return 0
+        floor = MIN_CANDIDATES.get(self.storage)
+        if floor is None:
+            return DEFAULT_RESCORE[self.storage]
+        return max(4, -(-floor // k))
 
     def __len__(self) -> int:
         return len(self._ix)
@@ -171,14 +185,14 @@ class Index:
 
         rescore: oversampling factor R; the code scan keeps k*R candidates and rescores them
         exactly with the float32 originals. None uses the storage default
-        (``Index.default_rescore``), 0 or False turns it off.
+        (``Index.default_rescore_for(k)``), 0 or False turns it off.
         allow: optional ids; only those are candidates (applied inside the scan).
         threads: worker threads (default: all cores; small searches use one).
         """
         q, single = _as_float_rows(queries, self.dim, "queries")
         k = _check_int(k, "k", 1)
         if rescore is None:
-            r = self.default_rescore
+            r = self.default_rescore_for(k)
         elif rescore is False:
             r = 0
         else:

@@ -4,7 +4,9 @@
 //   i8:   symmetric per-vector absmax: scale = max|x| / 127, code = rint(x * (127 / max|x|))
 //         in float32 (in float64 when 127 / max|x| overflows float32), clamped to
 //         [-127, 127]; a zero vector has scale 0 and zero codes.
-//   b1:   bit = (x > 0); scale = mean |x|; dequantised value = (bit ? +scale : -scale).
+//   b1:   bit = (x > 0); scale = ||x|| / sqrt(D) (so the dequantised row keeps the norm);
+//         dequantised value = (bit ? +scale : -scale). For unit vectors the scale is the same
+//         for every row and scores rank exactly as Hamming distance does.
 #pragma once
 #include <cstdint>
 #include "cliprt/types.h"

@@ -47,6 +47,8 @@ struct BlockSpan {
 using ScoreFn = void (*)(const PreparedQueries& Q, int q0, int nq, const BlockSpan& span,
                          float* out, int64_t ld);
 // Writes the indices i < n with scores[i] >= threshold into idx, returns their count.
+// idx must have room for n + kSelectSlack entries (SIMD variants store whole registers).
+constexpr int64_t kSelectSlack = 16;
 using SelectFn = int64_t (*)(const float* scores, int64_t n, float threshold, uint32_t* idx);
 
 // Exact dot product of two float32 vectors accumulated in float64 (rescoring).

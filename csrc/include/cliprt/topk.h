@@ -18,10 +18,14 @@ struct Hit {
   int64_t loc;  // where the row lives (segment, row); see id_map.h
 };
 
-// a ranks before b: higher score, then smaller id.
-inline bool ranks_before(const Hit& a, const Hit& b) {
-  return a.score > b.score || (a.score == b.score && a.id < b.id);
-}
+// a ranks before b: higher score, then smaller id. A function object, so the selection and
+// sort algorithms inline it.
+struct RanksBefore {
+  bool operator()(const Hit& a, const Hit& b) const {
+    return a.score > b.score || (a.score == b.score && a.id < b.id);
+  }
+};
+constexpr RanksBefore ranks_before{};
 
 class TopK {
  public:

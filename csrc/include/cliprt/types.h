@@ -30,7 +30,7 @@ struct Layout {
   int dims_per_group = 1;
   size_t row_bytes() const { return size_t(group_bytes) * size_t(ngroups); }
   size_t block_bytes() const { return row_bytes() * kBlockRows; }
-  // Whether the codec keeps a per-row scale (i8 absmax/127, b1 mean |x|).
+  // Whether the codec keeps a per-row scale (i8 absmax/127, b1 ||x||/sqrt(D)).
   bool has_scale() const { return storage == Storage::I8 || storage == Storage::B1; }
 };
 

@@ -234,7 +234,10 @@ int64_t select_ge(const float* s, int64_t n, float thr, uint32_t* idx) {
   for (; i + 16 <= n; i += 16) {
     const __mmask16 k = _mm512_cmp_ps_mask(_mm512_loadu_ps(s + i), t, _CMP_GE_OQ);
     if (k) {
-      _mm512_mask_compressstoreu_epi32(idx + m, k, _mm512_add_epi32(iota, _mm512_set1_epi32(int(i))));
+      // Register-form compress plus a full store: the memory form of vpcompressd is
+      // microcoded and slow on some CPUs (Zen 4). idx has 16 slots of slack for this.
+      const __m512i v = _mm512_maskz_compress_epi32(k, _mm512_add_epi32(iota, _mm512_set1_epi32(int(i))));
+      _mm512_storeu_si512(idx + m, v);
       m += __builtin_popcount(k);
     }
   }
