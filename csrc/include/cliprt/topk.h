@@ -36,7 +36,9 @@ class TopK {
   // Scores below this can never enter; ties with it may (smaller id wins).
   float threshold() const { return threshold_; }
   void push(float score, int64_t id, int64_t loc) {
-    if (score < threshold_ || k_ <= 0) return;
+    // Below the k-th kept hit, or tied with it and a larger id: can never enter. (Quantized
+    // scores tie often; rejecting ties here keeps them from filling the buffer.)
+    if (score < threshold_ || (score == threshold_ && id > threshold_id_) || k_ <= 0) return;
     buf_.push_back(Hit{score, id, loc});
     if (int64_t(buf_.size()) >= capacity()) compact();
   }
@@ -45,6 +47,7 @@ class TopK {
     compact();
     std::sort(buf_.begin(), buf_.end(), ranks_before);
     threshold_ = -std::numeric_limits<float>::infinity();
+    threshold_id_ = std::numeric_limits<int64_t>::max();
     return std::move(buf_);
   }
   // Every kept candidate (a superset of the top k, unordered).
@@ -57,10 +60,12 @@ class TopK {
     std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), ranks_before);
     buf_.resize(size_t(k_));
     threshold_ = buf_[size_t(k_ - 1)].score;
+    threshold_id_ = buf_[size_t(k_ - 1)].id;
   }
 
   int64_t k_;
   float threshold_ = -std::numeric_limits<float>::infinity();
+  int64_t threshold_id_ = std::numeric_limits<int64_t>::max();
   std::vector<Hit> buf_;
 };
 
