@@ -80,7 +80,8 @@ int64_t Index::memory_bytes() const {
   return b;
 }
 
-void Index::check_vectors(const float* x, int64_t n, const char* what) const {
+const float* Index::prepare_rows(const float* x, int64_t n, bool stored, std::vector<float>* normed) const {
+  const char* what = stored ? "vectors" : "queries";
   const float lim = storage_max_abs(storage_);
   const size_t total = size_t(n) * size_t(dim_);
   for (size_t i = 0; i < total; ++i) {
@@ -88,10 +89,22 @@ void Index::check_vectors(const float* x, int64_t n, const char* what) const {
     if (!std::isfinite(v))
       throw ValueError(std::string(what) + " contain NaN or Inf (row " + std::to_string(i / size_t(dim_)) +
                        ", column " + std::to_string(i % size_t(dim_)) + ")");
-    if (std::fabs(v) > lim && what[0] == 'v' && metric_ == Metric::IP)
+    if (stored && metric_ == Metric::IP && std::fabs(v) > lim)
       throw ValueError(std::string(what) + " exceed the range of " + storage_name(storage_) +
                        " storage (row " + std::to_string(i / size_t(dim_)) + ")");
   }
+  if (metric_ != Metric::Cosine) return x;
+  normed->assign(x, x + total);
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = normed->data() + size_t(i) * size_t(dim_);
+    double ss = 0;
+    for (int d = 0; d < dim_; ++d) ss += double(r[d]) * r[d];
+    if (!(ss > 0))
+      throw ValueError(std::string(stored ? "vector " : "query ") + std::to_string(i) +
+                       " has zero norm and cannot be normalised (metric='cosine')");
+    normalise_row(r, dim_, ss);
+  }
+  return normed->data();
 }
 
 void Index::ensure_id_map() const {
@@ -138,23 +151,9 @@ Segment& Index::writable_segment(int64_t extra) {
 }
 
 std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
-  check_vectors(x, n, "vectors");
   if (int64_t(n) >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");
   std::vector<float> normed;
-  const float* src = x;
-  if (metric_ == Metric::Cosine) {
-    normed.assign(x, x + size_t(n) * size_t(dim_));
-    for (int64_t i = 0; i < n; ++i) {
-      float* r = normed.data() + size_t(i) * size_t(dim_);
-      double ss = 0;
-      for (int d = 0; d < dim_; ++d) ss += double(r[d]) * r[d];
-      if (!(ss > 0))
-        throw ValueError("vector " + std::to_string(i) +
-                         " has zero norm and cannot be normalised (metric='cosine')");
-      normalise_row(r, dim_, ss);
-    }
-    src = normed.data();
-  }
+  const float* src = prepare_rows(x, n, true, &normed);
   std::vector<int64_t> out(static_cast<size_t>(n));
   if (ids) {
     for (int64_t i = 0; i < n; ++i) {

@@ -151,22 +151,9 @@ void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const Sea
   if (p.rescore < 0) throw ValueError("rescore must be >= 0");
   if (p.rescore > 0 && !ix.keep_originals_)
     throw ValueError("rescore needs the original vectors: create the index with keep_originals=True");
-  ix.check_vectors(qin, nq, "queries");
-  if (nq == 0) return;
-
   std::vector<float> qn;
-  const float* q = qin;
-  if (ix.metric_ == Metric::Cosine) {
-    qn.assign(qin, qin + size_t(nq) * D);
-    for (int64_t i = 0; i < nq; ++i) {
-      float* r = qn.data() + size_t(i) * D;
-      double ss = 0;
-      for (int d = 0; d < D; ++d) ss += double(r[d]) * r[d];
-      if (!(ss > 0)) throw ValueError("query " + std::to_string(i) + " has zero norm and cannot be normalised (metric='cosine')");
-      normalise_row(r, D, ss);
-    }
-    q = qn.data();
-  }
+  const float* q = ix.prepare_rows(qin, nq, false, &qn);
+  if (nq == 0) return;
 
   std::shared_lock<RwLock> lock(ix.mu_);
   const ScanKernels& K = active_kernels();

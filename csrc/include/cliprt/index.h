@@ -94,7 +94,9 @@ class Index {
   friend class IndexSearcher;
   void ensure_id_map() const;
   Segment& writable_segment(int64_t extra_rows);
-  void check_vectors(const float* x, int64_t n, const char* what) const;
+  // Rejects NaN/Inf (and, for stored ip vectors, values the storage cannot hold); for cosine
+  // returns L2-normalised rows in *normed, else x itself.
+  const float* prepare_rows(const float* x, int64_t n, bool stored, std::vector<float>* normed) const;
 
   int dim_;
   Metric metric_;
