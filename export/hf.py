@@ -39,7 +39,6 @@ beside ``spiece.model``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -49,7 +48,7 @@ import numpy as np
 
 from cliprt.models import ImageSpec, TextSpec
 
-from .source import ExportSource
+from .source import ExportSource, sha256_file
 
 # PIL.Image.Resampling values -> cliprt interpolation names.
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -63,14 +62,6 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.in
 def _load_json(path: str) -> Dict[str, Any]:
     with open(path, "r", encoding="utf-8") as f:
         return json.load(f)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_provenance(path: str) -> Dict[str, str]:

@@ -8,7 +8,6 @@ Without a checkpoint or a pretrained tag the model is randomly initialised (seed
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -17,7 +16,7 @@ import numpy as np
 from cliprt.models import ImageSpec, TextSpec
 
 from .pipeline import ExportError
-from .source import ExportSource
+from .source import ExportSource, sha256_file
 
 # open_clip text pool_type -> manifest pooling
 _POOLING = {"argmax": "eot", "eos": "eot", "last": "last", "first": "cls"}
@@ -26,14 +25,6 @@ BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 class OpenClipError(ExportError):
     """The open_clip config cannot be exported as asked."""
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _wrappers():
@@ -137,7 +128,7 @@ def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Op
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
         provenance.update(weights="checkpoint", checkpoint=os.path.basename(checkpoint),
-                          checkpoint_sha256=_sha256(checkpoint))
+                          checkpoint_sha256=sha256_file(checkpoint))
         kwargs["pretrained"] = checkpoint
     elif pretrained is not None:
         provenance.update(weights="pretrained", pretrained=pretrained)
@@ -210,7 +201,7 @@ def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Op
             return {"input_ids": tok(list(texts)).numpy().astype(np.int64)}
 
         src.tokenize = tokenize
-        provenance["tokenizer"] = {"kind": "clip-bpe", "file": BPE_FILE, "sha256": _sha256(bpe)}
+        provenance["tokenizer"] = {"kind": "clip-bpe", "file": BPE_FILE, "sha256": sha256_file(bpe)}
     if not src.embed_dim:
         import torch as _t
 

@@ -153,13 +153,43 @@ def _export_text(source: ExportSource, path: str, opset: int) -> None:
 
 def _to_fp16(fp32_path: str, out_path: str) -> None:
     import onnx
+    from onnx import shape_inference
     from onnxconverter_common import float16
 
-    model = onnx.load(fp32_path)
+    model = shape_inference.infer_shapes(onnx.load(fp32_path))
+    _noop_casts_to_identity(model)
     # inputs/outputs stay float32 (callers feed the same pixels); weights and math in fp16
     converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     _fix_fp16_casts(converted)
     _save_onnx(converted, out_path)
+
+
+def _noop_casts_to_identity(model) -> int:
+    """Turns the float32 model's own no-op casts (Cast(to=T) of a tensor already of type T, e.g.
+    Hugging Face's `pixel_values.to(dtype)`) into Identity, before the fp16 conversion.
+
+    The converter's clean-up (remove_unnecessary_cast_node) treats any Cast(to=float16) feeding
+    a Cast(to=float) as a round trip of its own making and deletes the pair, rewiring the
+    consumer to the pair's input. When the second Cast is the model's own (its output already
+    retyped float16, the case `_fix_fp16_casts` repairs) and the first one the converter's cast
+    of a float32 graph input (keep_io_types) or of a block-listed op's output, the consumer ends
+    up reading the float32 tensor while its weights are float16, and ONNX Runtime refuses the
+    model ("Type parameter (T) of Optype (Conv) bound to different types"). An Identity keeps
+    the names and the types, is left alone by that clean-up and is removed by ORT's optimiser."""
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(graph.input) + list(graph.value_info) + list(graph.output)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "Cast" or not node.input or not node.input[0]:
+            continue
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if to is not None and types.get(node.input[0]) == to:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            changed += 1
+    return changed
 
 
 def _fix_fp16_casts(model) -> int:

@@ -26,7 +26,8 @@ import numpy as np
 
 from cliprt.models import TextSpec
 
-from .hf import _tokenizer_json_lowercase, sha256_file
+from .hf import _tokenizer_json_lowercase
+from .source import sha256_file
 from .source import ExportSource
 
 _POOLINGS = {"mean": "mean", "cls": "cls"}

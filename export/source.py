@@ -9,6 +9,7 @@ verify parity. The pipeline (`cliprt.export.pipeline`) does the rest for every f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -39,3 +40,12 @@ class ExportSource:
     # files to copy into the package: {name inside the package: source path}
     tokenizer_files: Dict[str, str] = dataclasses.field(default_factory=dict)
     description: str = ""
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file (provenance of checkpoints, weights and tokenizer files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
