@@ -3,7 +3,7 @@
 Compares, on the same sign-bit codes, recall@10 (vs exact float32) after exact rescoring of
 the best k*R candidates, for
   hamming   symmetric: query sign bits vs database sign bits (what cliprt's b1 scans),
-  asym-f32  asymmetric: float query . sign(x) * mean|x|,
+  asym-f32  asymmetric: float query . sign(x) * ||x|| / sqrt(D),
   asym-4bit asymmetric with the query quantised to 4 bits (what a bit-plane kernel scans),
 on "normal" and "clustered" data, for oversampling R in 1..32. Pure numpy (a quality
 study, not a speed benchmark); the speed of each scoring follows from its operation count:
@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 K = 10
-RS = (1, 2, 4, 8, 16, 32)
+RS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def sample(kind, n, dim, centres, sigma, rng):
@@ -58,7 +58,7 @@ def main():
         exact = q @ x.T
         truth = topk_idx(exact, K)
         signs = np.where(x > 0, 1.0, -1.0).astype(np.float32)
-        scale = np.abs(x).mean(axis=1)
+        scale = np.linalg.norm(x, axis=1) / np.sqrt(a.dim)  # cliprt's b1 scale
         lo, hi = q.min(1, keepdims=True), q.max(1, keepdims=True)
         step = (hi - lo) / 15
         q4 = np.round((q - lo) / step) * step + lo
