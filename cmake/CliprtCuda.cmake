@@ -1,4 +1,6 @@
 # Decides CLIPRT_WITH_CUDA once, at configure time.
+# sm_80 (A100), sm_89 (L4/L40), sm_90 (H100/H200) as SASS, plus PTX for newer parts.
+set(CLIPRT_CUDA_ARCHS "80-real;89-real;90-real;90-virtual" CACHE STRING "CUDA architectures to build")
 set(CLIPRT_WITH_CUDA OFF)
 set(CLIPRT_CUDA_ARCHS_STR "")
 if(CLIPRT_CUDA STREQUAL "OFF")
@@ -7,10 +9,7 @@ else()
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      # sm_80 (A100), sm_89 (L4/L40), sm_90 (H100/H200) as SASS, plus PTX for newer parts.
-      set(CMAKE_CUDA_ARCHITECTURES 80-real 89-real 90-real 90-virtual)
-    endif()
+    set(CMAKE_CUDA_ARCHITECTURES ${CLIPRT_CUDA_ARCHS})
     enable_language(CUDA)
     set(CLIPRT_WITH_CUDA ON)
     string(REPLACE ";" "," CLIPRT_CUDA_ARCHS_STR "${CMAKE_CUDA_ARCHITECTURES}")

@@ -8,8 +8,10 @@
 #include "cliprt/errors.h"
 #include "cliprt/index.h"
 #include "cliprt/scan.h"
+#include "cliprt/codec.h"
 #if defined(CLIPRT_WITH_CUDA)
 #include "common/device.h"
+#include "quant/encode.h"
 #endif
 
 namespace py = pybind11;
@@ -73,6 +75,8 @@ PYBIND11_MODULE(_core, m) {
       py::set_error(PyExc_KeyError, e.what());
     } catch (const IOError& e) {
       py::set_error(PyExc_OSError, e.what());
+    } catch (const CudaError& e) {
+      py::set_error(PyExc_RuntimeError, e.what());
     }
   });
 
@@ -174,6 +178,42 @@ PYBIND11_MODULE(_core, m) {
     return 0;
 #endif
   }, "CUDA devices visible to this build (0 for a CPU-only build).");
+  // Row codecs exposed for tests and tools: (n, dim) float32 -> (codes uint8 (n, row_bytes),
+  // scales float32 (n)), contiguous row codes in group order (codec.h).
+  m.def("encode_rows",
+        [](const F32Array& x, const std::string& storage) {
+          if (x.ndim() != 2) throw ValueError("x must be 2-D (n, dim)");
+          const Layout L = make_layout(parse_storage(storage), int(x.shape(1)));
+          const int64_t n = x.shape(0);
+          py::array_t<uint8_t> codes({n, int64_t(L.row_bytes())});
+          F32Array scales(n);
+          for (int64_t i = 0; i < n; ++i)
+            encode_row(L, x.data() + i * L.dim, codes.mutable_data() + i * int64_t(L.row_bytes()),
+                       scales.mutable_data() + i);
+          return py::make_tuple(codes, scales);
+        },
+        py::arg("x"), py::arg("storage"));
+  m.def("cuda_encode_rows",
+        [](const F32Array& x, const std::string& storage) {
+#if defined(CLIPRT_WITH_CUDA)
+          if (x.ndim() != 2) throw ValueError("x must be 2-D (n, dim)");
+          const Layout L = make_layout(parse_storage(storage), int(x.shape(1)));
+          std::vector<uint8_t> codes;
+          std::vector<float> scales;
+          {
+            py::gil_scoped_release release;
+            cuda::encode_rows(L, x.data(), x.shape(0), &codes, &scales);
+          }
+          py::array_t<uint8_t> c({int64_t(x.shape(0)), int64_t(L.row_bytes())});
+          std::copy(codes.begin(), codes.end(), c.mutable_data());
+          F32Array s(int64_t(scales.size()));
+          std::copy(scales.begin(), scales.end(), s.mutable_data());
+          return py::make_tuple(c, s);
+#else
+          throw ValueError("this build of cliprt has no CUDA kernels (built with CLIPRT_CUDA=OFF or without nvcc)");
+#endif
+        },
+        py::arg("x"), py::arg("storage"), "The device codecs (device 0); same output as encode_rows.");
   m.def("set_simd_variant", &set_active_variant, py::arg("name"),
         "Force a SIMD variant (tests); the CLIPRT_SIMD environment variable does the same at start-up.");
   m.def("simd_variant", [] { return std::string(active_kernels().name); });

@@ -14,6 +14,8 @@ struct TypeError : Error { using Error::Error; };
 struct KeyError : Error { using Error::Error; };
 // Corrupt, truncated or foreign index files. Python: cliprt.FormatError (a ValueError).
 struct FormatError : Error { using Error::Error; };
+// CUDA runtime failures (file:line, expression, CUDA error string). Python: RuntimeError.
+struct CudaError : Error { using Error::Error; };
 // Operating-system failures (open, write, fsync, rename, mmap) with errno text.
 struct IOError : Error { using Error::Error; };
 
