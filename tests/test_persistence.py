@@ -73,6 +73,13 @@ def _assert_same_index(a: Index, b: Index, q: np.ndarray):
     _assert_same_results(a, b, q)
 
 
+def _assert_segments_untouched(before, after):
+    """Every segment file present before is still there with the same inode, mtime and size."""
+    for name in before:
+        if name.startswith("seg-"):
+            assert after[name] == before[name], name
+
+
 def _file_stats(d) -> dict:
     """name -> (inode, mtime_ns, size) for every file in directory d."""
     out = {}
@@ -302,10 +309,7 @@ def test_save_twice_from_same_object_appends(tmp_path):
     assert _seg_files(d) == set(n for n in stats1 if n.startswith("seg-"))
     ix.add(_data(100, seed=2))
     ix.save(d)
-    stats2 = _file_stats(d)
-    for name in stats1:
-        if name.startswith("seg-"):
-            assert stats2[name] == stats1[name]
+    _assert_segments_untouched(stats1, _file_stats(d))
     assert len(_seg_files(d)) == 2
     loaded = Index.load(d)
     _assert_same_index(ix, loaded, _data(5, seed=3))
@@ -521,9 +525,6 @@ def test_append_through_a_symlinked_path(tmp_path):
     loaded = Index.load(link)
     loaded.add(_data(10, seed=2))
     loaded.save(real)
-    stats2 = _file_stats(real)
-    for name in stats:
-        if name.startswith("seg-"):
-            assert stats2[name] == stats[name]
+    _assert_segments_untouched(stats, _file_stats(real))
     assert len(_seg_files(real)) == 2
     assert len(Index.load(link)) == 110

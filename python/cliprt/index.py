@@ -38,7 +38,6 @@ def build_info() -> dict:
     available on this CPU, selected), whether CUDA kernels were compiled in and for which
     architectures."""
     info = dict(_core.build_info())
-    info["simd"] = info["simd_compiled"]
     archs = info.get("cuda_archs") or ""
     info["cuda_archs"] = [a for a in archs.split(",") if a]
     return info
