@@ -46,7 +46,90 @@ def _wrappers():
         def forward(self, input_ids):
             return self.model.encode_text(input_ids, normalize=True)
 
-    return ImageTower, TextTower
+    class CausalTextTower(torch.nn.Module):
+        """open_clip's text tower run to the length of the given ids instead of always
+        `context_length`: the same computation as `encode_text` with the positional embedding
+        and the causal mask cut to the sequence length. Every position attends only to
+        itself and earlier positions and the output is pooled at the end token, so columns
+        after the batch's longest caption cannot change the result."""
+
+        def __init__(self, model, text):
+            super().__init__()
+            self.model = model
+            self.text = text
+            self.pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type")
+            self.eos_id = getattr(text, "text_eos_id", None) or getattr(text, "eos_id", None)
+
+        def forward(self, input_ids):
+            from open_clip.transformer import text_global_pool
+
+            t = self.text
+            cast_dtype = t.transformer.get_cast_dtype()
+            # Positions and the causal mask are derived from the ids tensor itself (not sliced
+            # to a Python length), so the traced graph keeps the sequence axis symbolic.
+            positions = torch.cumsum(torch.ones_like(input_ids), dim=1) - 1
+            x = t.token_embedding(input_ids).to(cast_dtype)
+            x = x + t.positional_embedding[positions].to(cast_dtype)
+            row = positions[0]
+            mask = torch.where(row[None, :] > row[:, None], t.attn_mask[0, -1], t.attn_mask[-1, 0]).to(cast_dtype)
+            for block in t.transformer.resblocks:
+                x = _residual_block(block, x, mask)
+            x = t.ln_final(x)
+            x = text_global_pool(x, input_ids, self.pool_type, eos_token_id=self.eos_id)
+            if t.text_projection is not None:
+                x = t.text_projection(x) if isinstance(t.text_projection, torch.nn.Linear) else x @ t.text_projection
+            return torch.nn.functional.normalize(x, dim=-1)
+
+    def _residual_block(block, x, mask):
+        """open_clip's ResidualAttentionBlock (self-attention, batch first) written with
+        reshapes that name no sequence length: nn.MultiheadAttention's Python code makes the
+        ONNX tracer freeze the traced sequence length into a Reshape."""
+        attn = block.attn
+        y = block.ln_1(x)
+        qkv = torch.nn.functional.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = attn.out_proj(o.transpose(1, 2).flatten(2))
+        x = x + block.ls_1(o)
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    return ImageTower, TextTower, CausalTextTower
+
+
+def _plain_self_attention_block(block) -> bool:
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    return (type(block) is ResidualAttentionBlock and type(attn) is torch.nn.MultiheadAttention
+            and attn.batch_first and attn._qkv_same_embed_dim and attn.bias_k is None
+            and not attn.add_zero_attn and not hasattr(block, "ln_1_kv"))
+
+
+def causal_text_module(model):
+    """The module holding open_clip's causal text transformer when the text tower can run to
+    the batch's longest caption (causal mask, pooled at the end token, no class token or pad
+    mask); None otherwise (e.g. MobileCLIP's bidirectional text encoder)."""
+    text = getattr(model, "text", None)
+    text = model if text is None else text
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    if not all(hasattr(text, a) for a in needed) or getattr(text, "attn_mask", None) is None:
+        return None
+    if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+        return None
+    if getattr(text, "output_tokens", False):
+        return None
+    pool = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", None)
+    if pool not in ("argmax", "eos"):
+        return None
+    if type(model).encode_text.__qualname__ not in ("CLIP.encode_text", "CustomTextCLIP.encode_text"):
+        return None
+    blocks = getattr(text.transformer, "resblocks", None)
+    if blocks is None or not getattr(text.transformer, "batch_first", True):
+        return None
+    if not all(_plain_self_attention_block(b) for b in blocks):
+        return None
+    return text
 
 
 def _tag_preprocess(config: str) -> Dict[str, Any]:
@@ -86,11 +169,13 @@ def _image_spec(pp: Dict[str, Any]) -> ImageSpec:
 
 def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Optional[str] = None, *,
                    seed: Optional[int] = 0, towers: Sequence[str] = ("image", "text"),
-                   reparameterize: bool = True) -> ExportSource:
+                   reparameterize: bool = True, dynamic_text: bool = True) -> ExportSource:
     """ExportSource for an open_clip config. `checkpoint`: a local weights file; `pretrained`:
     an open_clip tag (downloads); neither: random init seeded with `seed`. `towers` selects
     which towers to export (e.g. ("image",) for SigLIP configs whose tokenizer cliprt cannot
-    ship)."""
+    ship). `dynamic_text`: export a causal text tower with a dynamic sequence axis, so the
+    runtime feeds each batch only up to its longest caption (towers that are not causal, such
+    as MobileCLIP's, always take `context_length` tokens)."""
     try:
         import open_clip
         import torch
@@ -169,7 +254,7 @@ def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Op
     logit_scale = float(model.logit_scale.exp().item())
     bias = getattr(model, "logit_bias", None)
     sigmoid = bias is not None
-    ImageTower, TextTower = _wrappers()
+    ImageTower, TextTower, CausalTextTower = _wrappers()
     embed_dim = int((model_cfg or {}).get("embed_dim") or 0)
 
     src = ExportSource(
@@ -187,12 +272,13 @@ def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Op
         if pool_type not in _POOLING:
             raise OpenClipError(f"text pool_type {pool_type!r} has no cliprt pooling equivalent")
         context_length = int(getattr(model, "context_length", 0) or text_cfg.get("context_length", 77))
-        src.text_tower = TextTower(model).eval()
+        causal = causal_text_module(model) if dynamic_text else None
+        src.text_tower = (TextTower(model) if causal is None else CausalTextTower(model, causal)).eval()
         src.text_inputs = ("input_ids",)
         clean = text_cfg.get("tokenizer_kwargs", {}).get("clean", "lower")
         src.text_spec = TextSpec(tokenizer="clip-bpe", tokenizer_file=BPE_FILE, context_length=context_length,
                                  pad_id=0, pooling=_POOLING[pool_type], lowercase=clean == "lower",
-                                 clean=f"ftfy+whitespace+{clean}", dynamic_length=False)
+                                 clean=f"ftfy+whitespace+{clean}", dynamic_length=causal is not None)
         bpe = os.path.join(os.path.dirname(open_clip.__file__), BPE_FILE)
         src.tokenizer_files = {BPE_FILE: bpe}
         tok = open_clip.get_tokenizer(config, context_length=context_length)

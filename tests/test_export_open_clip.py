@@ -74,7 +74,7 @@ def test_vit_manifest(vit):
     assert abs(m.logit_scale - src.logit_scale) < 1e-4
     assert m.image.resize_mode == "shortest" and m.image.size == (224, 224) and m.image.interpolation == "bicubic"
     assert m.text.tokenizer == "clip-bpe" and m.text.context_length == 77 and m.text.pooling == "eot"
-    assert m.text.lowercase and not m.text.dynamic_length
+    assert m.text.lowercase and m.text.dynamic_length
     assert m.towers["image"].precisions == ("fp32", "int8")
     assert m.towers["text"].inputs == ("input_ids",)
     assert os.path.isfile(pkg.file(m.text.tokenizer_file))
@@ -119,6 +119,28 @@ def test_vit_package_runs_without_torch(vit, tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_vit_text_runs_to_longest_caption(vit):
+    """The causal text tower fed only up to the batch's longest caption gives the reference
+    model's embeddings (open_clip encode_text over all 77 positions), in PyTorch and in ONNX."""
+    src, out, _ = vit
+    captions = ["a photo of a dog", "a cat", "an extremely long caption about " + "many things " * 12, ""]
+    ids = src.tokenize(captions)["input_ids"]
+    longest = int((ids != 0).sum(axis=1).max())
+    assert longest < ids.shape[1]
+    with torch.no_grad():
+        ref = src.text_tower.model.encode_text(torch.from_numpy(ids), normalize=True).numpy()
+        trimmed = src.text_tower(torch.from_numpy(ids[:, :longest])).numpy()
+    assert np.abs(trimmed - ref).max() < 1e-5
+    pkg = ModelPackage.load(out)
+    sess = ort.InferenceSession(pkg.tower_file("text"), providers=["CPUExecutionProvider"])
+    for length in (longest, longest + 3, ids.shape[1]):
+        y = sess.run(None, {"input_ids": ids[:, :length]})[0]
+        cos = (y * ref).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() >= THRESHOLDS["fp32"], (length, cos)
+    with pytest.raises(Exception):
+        sess.run(None, {"input_ids": np.zeros((1, ids.shape[1] + 1), np.int64)})
 
 
 @pytest.mark.skipif(not os.path.isdir(IMAGENET_SAMPLE), reason=f"no real images at {IMAGENET_SAMPLE}")

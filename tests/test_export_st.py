@@ -166,3 +166,18 @@ def test_int8_is_verified_or_refused(src, tmp_path):
         print(f"int8 refused: {e}")
         return
     assert report.passed and os.path.isdir(out)
+
+
+def test_encoder_on_text_only_package(package, st):
+    """cliprt.Encoder on the exported MiniLM: WordPiece ids, batches sorted by length and
+    cut to their longest text, the same embeddings as SentenceTransformer.encode."""
+    from cliprt.encode import Encoder
+
+    out, _ = package
+    enc = Encoder.load(out)
+    ref = st.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    for b in (1, 2, 64):
+        got = enc.encode_texts(TEXTS, batch_size=b)
+        assert got.shape == (len(TEXTS), 384) and _cos(got, ref).min() >= 0.99999, b
+    with pytest.raises(ValueError, match="no image tower"):
+        enc.encode_images([b"\x89PNG"])

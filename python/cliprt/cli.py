@@ -186,12 +186,22 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing package at --out")
     p.add_argument("--json", action="store_true", help="print the verification report as JSON")
     p.set_defaults(func=_cmd_export)
+    from cliprt import commands
+
+    commands.register(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"cliprt: error: {e}", file=sys.stderr)
+    except (commands.CommandError, ValueError, OSError, KeyError) as e:
+        print(f"cliprt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        print(f"cliprt {args.command}: error: a dependency is missing ({e}); "
+              "install the 'encode' extra: pip install 'cliprt[encode]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cliprt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,236 @@
+"""A collection: embeddings in a cliprt.Index plus their metadata in SQLite, in one directory.
+
+    DIR/collection.json   format, model, dim, metric, storage
+    DIR/vectors/          the cliprt.Index (segments, deletion bitmaps, MANIFEST)
+    DIR/metadata.sqlite   items(id, key, path, size, mtime, meta JSON), failures(key, error, ...)
+
+Every item has a unique text `key` (for files: the absolute path) and an int64 id shared by
+the index and the metadata table. `commit()` saves the index first and then commits the
+metadata, so after a crash the index may hold rows the metadata does not know of (never
+the reverse); `Collection.open` removes such orphans, and the items are embedded again by
+the next incremental run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .index import Index
+
+__all__ = ["Collection", "CollectionError"]
+
+FORMAT = "cliprt-collection"
+VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    key TEXT UNIQUE NOT NULL,
+    path TEXT,
+    size INTEGER,
+    mtime REAL,
+    meta TEXT
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    path TEXT,
+    size INTEGER,
+    mtime REAL,
+    error TEXT NOT NULL
+);
+"""
+_COLUMNS = ("id", "key", "path", "size", "mtime", "meta")
+
+
+class CollectionError(ValueError):
+    """A collection directory that is missing, incomplete or does not fit the request."""
+
+
+class Collection:
+    def __init__(self, path: str, config: Dict[str, Any], index: Index, db: sqlite3.Connection):
+        self.path = path
+        self.config = config
+        self.index = index
+        self._db = db
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ open / create
+    @classmethod
+    def create(cls, path, *, model: str, dim: int, storage: str = "f32", metric: str = "cosine") -> "Collection":
+        path = os.fspath(path)
+        if os.path.exists(os.path.join(path, "collection.json")):
+            raise CollectionError(f"a collection already exists at {path!r}")
+        os.makedirs(path, exist_ok=True)
+        index = Index(dim, metric=metric, storage=storage)
+        config = {"format": FORMAT, "version": VERSION, "model": model, "dim": int(dim), "metric": metric,
+                  "storage": storage}
+        db = _connect(os.path.join(path, "metadata.sqlite"))
+        self = cls(path, config, index, db)
+        self.commit()
+        tmp = os.path.join(path, "collection.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2)
+        os.replace(tmp, os.path.join(path, "collection.json"))
+        return self
+
+    @classmethod
+    def open(cls, path, mmap: bool = False) -> "Collection":
+        path = os.fspath(path)
+        cfg_path = os.path.join(path, "collection.json")
+        if not os.path.isfile(cfg_path):
+            raise CollectionError(f"no collection at {path!r} (collection.json missing); create one with "
+                                  "`cliprt embed SRC --model M --index DIR`")
+        try:
+            with open(cfg_path) as f:
+                config = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CollectionError(f"{cfg_path!r} is unreadable: {e}") from None
+        if config.get("format") != FORMAT or config.get("version") != VERSION:
+            raise CollectionError(f"{cfg_path!r} is not a cliprt collection (version {VERSION})")
+        index = Index.load(os.path.join(path, "vectors"), mmap=mmap)
+        db = _connect(os.path.join(path, "metadata.sqlite"))
+        self = cls(path, config, index, db)
+        self._drop_orphans()
+        return self
+
+    @classmethod
+    def open_or_create(cls, path, *, model: str, dim: int, storage: str = "f32",
+                       metric: str = "cosine") -> "Collection":
+        if os.path.isfile(os.path.join(os.fspath(path), "collection.json")):
+            col = cls.open(path)
+            if col.config["dim"] != dim:
+                raise CollectionError(f"collection {os.fspath(path)!r} holds {col.config['dim']}-d embeddings, "
+                                      f"the model gives {dim}-d")
+            if col.config["model"] != model:
+                raise CollectionError(f"collection {os.fspath(path)!r} was embedded with model "
+                                      f"{col.config['model']!r}, not {model!r}")
+            return col
+        return cls.create(path, model=model, dim=dim, storage=storage, metric=metric)
+
+    def _drop_orphans(self) -> None:
+        stored = self.index.ids()
+        if len(stored) == 0:
+            return
+        known = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM items")), np.int64)
+        orphans = np.setdiff1d(stored, known)
+        if len(orphans):
+            self.index.remove(orphans)
+            self.index.save(os.path.join(self.path, "vectors"))
+
+    # ------------------------------------------------------------------ writing
+    def next_id(self) -> int:
+        row = self._db.execute("SELECT MAX(id) FROM items").fetchone()
+        stored = self.index.ids()
+        top = max(row[0] if row[0] is not None else -1, int(stored.max()) if len(stored) else -1)
+        return top + 1
+
+    def add(self, embeddings: np.ndarray, records: Sequence[Dict[str, Any]]) -> np.ndarray:
+        """Adds embeddings with one record each ({"key", "path"?, "size"?, "mtime"?, "meta"?});
+        a key already present is replaced. Visible to searches at once, durable after commit()."""
+        if len(records) != len(embeddings):
+            raise ValueError(f"{len(records)} records for {len(embeddings)} embeddings")
+        if len(records) == 0:
+            return np.zeros(0, np.int64)
+        with self._lock:
+            keys = [r["key"] for r in records]
+            old = self._ids_of(keys)
+            if old:
+                self.index.remove(np.fromiter(old.values(), np.int64))
+                self._db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in old])
+            start = self.next_id()
+            ids = np.arange(start, start + len(records), dtype=np.int64)
+            self.index.add(embeddings, ids)
+            self._db.executemany(
+                "INSERT INTO items (id, key, path, size, mtime, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                [(int(i), r["key"], r.get("path"), r.get("size"), r.get("mtime"),
+                  json.dumps(r["meta"]) if r.get("meta") is not None else None) for i, r in zip(ids, records)])
+            self._db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
+            return ids
+
+    def add_failures(self, failures: Sequence[Dict[str, Any]]) -> None:
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO failures (key, path, size, mtime, error) VALUES (?, ?, ?, ?, ?)",
+                [(f["key"], f.get("path"), f.get("size"), f.get("mtime"), f["error"]) for f in failures])
+
+    def commit(self) -> None:
+        """Index first, metadata second (see the module notes)."""
+        with self._lock:
+            self.index.save(os.path.join(self.path, "vectors"))
+            self._db.commit()
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _ids_of(self, keys: Sequence[str]) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for i in range(0, len(keys), 500):
+            part = list(keys[i:i + 500])
+            q = f"SELECT key, id FROM items WHERE key IN ({','.join('?' * len(part))})"
+            out.update({k: int(v) for k, v in self._db.execute(q, part)})
+        return out
+
+    def known(self) -> Dict[str, Tuple[Optional[int], Optional[float], bool]]:
+        """key -> (size, mtime, failed) of every item embedded or failed so far."""
+        out = {k: (s, m, False) for k, s, m in self._db.execute("SELECT key, size, mtime FROM items")}
+        for k, s, m in self._db.execute("SELECT key, size, mtime FROM failures"):
+            out.setdefault(k, (s, m, True))
+        return out
+
+    def failures(self) -> List[Dict[str, Any]]:
+        return [dict(zip(("key", "path", "size", "mtime", "error"), r))
+                for r in self._db.execute("SELECT key, path, size, mtime, error FROM failures ORDER BY key")]
+
+    def metadata(self, ids: Iterable[int]) -> Dict[int, Dict[str, Any]]:
+        ids = [int(i) for i in ids if int(i) >= 0]
+        out: Dict[int, Dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            q = f"SELECT {', '.join(_COLUMNS)} FROM items WHERE id IN ({','.join('?' * len(part))})"
+            for row in self._db.execute(q, part):
+                rec = dict(zip(_COLUMNS, row))
+                rec["meta"] = json.loads(rec["meta"]) if rec["meta"] else {}
+                out[rec["id"]] = rec
+        return out
+
+    def select(self, where: Optional[Dict[str, Any]] = None, path_like: Optional[str] = None) -> np.ndarray:
+        """Ids whose metadata matches: `where` = {field: value} on the JSON `meta` (or the
+        columns path/size/mtime/key), values compared for equality (a list means any of);
+        `path_like` = an SQL LIKE pattern on the path ('%/dogs/%')."""
+        clauses, params = [], []
+        for field, value in (where or {}).items():
+            if not isinstance(field, str) or not field.replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"bad metadata field name {field!r}")
+            expr = field if field in ("key", "path", "size", "mtime") else f"json_extract(meta, '$.{field}')"
+            values = value if isinstance(value, (list, tuple, set)) else [value]
+            clauses.append(f"{expr} IN ({','.join('?' * len(values))})")
+            params += list(values)
+        if path_like is not None:
+            clauses.append("path LIKE ?")
+            params.append(path_like)
+        q = "SELECT id FROM items" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        return np.fromiter((r[0] for r in self._db.execute(q, params)), np.int64)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as e:
+        raise CollectionError(f"metadata database {path!r} is unreadable: {e}") from None
+    return db

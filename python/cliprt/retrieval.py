@@ -1,0 +1,137 @@
+"""Text -> image, image -> image and composed search over an index.
+
+    r = cliprt.Retriever(enc, collection)                   # a Collection, or a bare Index
+    hits = r.search_text("a dog on a beach -people", k=10)  # "-term": a negative term
+    hits = r.search_image("query.jpg")
+    hits = r.search_composed("query.jpg", "at night", alpha=0.4)
+    hits = r.search_weighted([("beach", 1.0), ("people", -0.5), ("q.jpg", 0.5)], kinds=...)
+
+A query is a weighted sum of L2-normalised text and image embeddings, normalised again
+(training-free fusion): composed search weighs the image by 1 - alpha and the text by
+alpha; a negative term gets a negative weight (default -0.5, the positive terms sharing +1).
+Results carry the collection's metadata; `where=` / `path_like=` restrict the candidates
+inside the scan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .index import Index
+
+__all__ = ["Retriever", "Hit", "parse_query"]
+
+NEGATIVE_WEIGHT = 0.5
+
+
+@dataclasses.dataclass
+class Hit:
+    id: int
+    score: float
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def path(self) -> Optional[str]:
+        return self.metadata.get("path")
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"id": self.id, "score": self.score, **{k: v for k, v in self.metadata.items() if k != "id"}}
+
+
+def parse_query(text: str, negative_weight: float = NEGATIVE_WEIGHT) -> List[Tuple[str, float]]:
+    """'beach -people -"parked cars"' -> [("beach", 1.0), ("people", -w), ("parked cars", -w)].
+    A '-' starts a negative term only at the start of a word; quotes group words."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("query text must be a non-empty string")
+    positive: List[str] = []
+    negative: List[str] = []
+    for m in re.finditer(r'(-?)"([^"]*)"|(\S+)', text):
+        if m.group(3) is not None:
+            word = m.group(3)
+            if word.startswith("-") and len(word) > 1:
+                negative.append(word[1:])
+            else:
+                positive.append(word)
+        else:
+            (negative if m.group(1) else positive).append(m.group(2))
+    if not positive:
+        raise ValueError(f"query {text!r} has only negative terms")
+    terms = [(" ".join(positive), 1.0)]
+    terms += [(t, -float(negative_weight)) for t in negative if t.strip()]
+    return terms
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    n = np.linalg.norm(x)
+    if not np.isfinite(n) or n == 0:
+        raise ValueError("the combined query embedding is zero: the weights cancel out")
+    return x / n
+
+
+class Retriever:
+    def __init__(self, encoder, store):
+        """`store`: a cliprt Collection (results carry metadata) or a bare cliprt.Index."""
+        self.encoder = encoder
+        if isinstance(store, Index):
+            self.index, self.collection = store, None
+        else:
+            self.index, self.collection = store.index, store
+        if self.index.dim != encoder.dim:
+            raise ValueError(f"index holds {self.index.dim}-d vectors, the model gives {encoder.dim}-d embeddings")
+
+    # ------------------------------------------------------------------ queries
+    def search_text(self, text: str, k: int = 10, *, negative_weight: float = NEGATIVE_WEIGHT, **filters) -> List[Hit]:
+        terms = parse_query(text, negative_weight)
+        return self.search_weighted(terms, k=k, kinds=["text"] * len(terms), **filters)
+
+    def search_image(self, image, k: int = 10, **filters) -> List[Hit]:
+        return self.search_weighted([(image, 1.0)], k=k, kinds=["image"], **filters)
+
+    def search_composed(self, image, text: str, alpha: float = 0.5, k: int = 10, **filters) -> List[Hit]:
+        """Image and text fused: (1 - alpha) * image + alpha * text (both normalised)."""
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        terms = parse_query(text)
+        items = [(image, 1.0 - float(alpha))] + [(t, float(alpha) * w) for t, w in terms]
+        return self.search_weighted(items, k=k, kinds=["image"] + ["text"] * len(terms), **filters)
+
+    def search_weighted(self, items: Sequence[Tuple[Any, float]], k: int = 10,
+                        kinds: Optional[Sequence[str]] = None, **filters) -> List[Hit]:
+        """Items are (text or image, weight); `kinds` says which is which ("text" / "image"),
+        default: strings are texts, everything else images."""
+        items = list(items)
+        if not items:
+            raise ValueError("no query terms")
+        kinds = list(kinds) if kinds is not None else ["text" if isinstance(q, str) else "image" for q, _ in items]
+        q = np.zeros(self.encoder.dim, np.float64)
+        texts = [(i, q_) for i, ((q_, _), kind) in enumerate(zip(items, kinds)) if kind == "text"]
+        images = [(i, q_) for i, ((q_, _), kind) in enumerate(zip(items, kinds)) if kind == "image"]
+        emb: Dict[int, np.ndarray] = {}
+        if texts:
+            e = self.encoder.encode_texts([t for _, t in texts])
+            emb.update({i: row for (i, _), row in zip(texts, e)})
+        if images:
+            e = self.encoder.encode_images([im for _, im in images])
+            emb.update({i: row for (i, _), row in zip(images, e)})
+        for i, (_, w) in enumerate(items):
+            q += float(w) * _unit(emb[i])
+        return self.search_vector(_unit(q).astype(np.float32), k=k, **filters)
+
+    def search_vector(self, query: np.ndarray, k: int = 10, where: Optional[Dict[str, Any]] = None,
+                      path_like: Optional[str] = None) -> List[Hit]:
+        allow = None
+        if where or path_like:
+            if self.collection is None:
+                raise ValueError("metadata filters need a Collection, not a bare Index")
+            allow = self.collection.select(where, path_like)
+            if len(allow) == 0:
+                return []
+        scores, ids = self.index.search(np.asarray(query, np.float32), k=k, allow=allow)
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep]
+        meta = self.collection.metadata(ids) if self.collection is not None else {}
+        return [Hit(int(i), float(s), meta.get(int(i), {})) for s, i in zip(scores, ids)]
