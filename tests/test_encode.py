@@ -116,6 +116,14 @@ def test_batch_size_does_not_change_results(tiny, rng):
     whole = enc.encode_images(items, batch_size=19)
     for b in (1, 3, 8):
         assert np.abs(enc.encode_images(items, batch_size=b) - whole).max() < 1e-5
+    # several batches in flight (ring buffers kept alive while their runs are outstanding)
+    for inflight in (1, 3):
+        other = Encoder.load(tiny["dir"], inflight=inflight)
+        assert other.inflight == inflight
+        for b in (1, 4):
+            assert np.abs(other.encode_images(items, batch_size=b) - whole).max() < 1e-5
+    with pytest.raises(ValueError, match="inflight"):
+        Encoder.load(tiny["dir"], inflight=-1)
 
 
 def test_bad_items_skip_keeps_the_rest(tiny, rng, tmp_path):
@@ -150,7 +158,7 @@ def test_iter_images_streams_with_keys(tiny, rng):
         yield from blobs
 
     keys = [f"k{i}" for i in range(n)]
-    batches = list(tiny["enc"].iter_images(stream(), keys=iter(keys), batch_size=5))
+    batches = list(Encoder.load(tiny["dir"], inflight=3).iter_images(stream(), keys=iter(keys), batch_size=5))
     assert [len(b.keys) + len(b.errors) for b in batches] == [5, 5, 5, 5, 3]
     got_keys = [k for b in batches for k in b.keys]
     assert got_keys == [k for i, k in enumerate(keys) if i != 7]

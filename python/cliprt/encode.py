@@ -14,6 +14,8 @@ text instead of the full context length.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import dataclasses
 import os
 import warnings
@@ -71,7 +73,7 @@ class Encoder:
 
     def __init__(self, package: ModelPackage, *, device: str = "cpu", precision: Union[str, Dict[str, str]] = "fp32",
                  backend: Optional[str] = None, threads: Optional[int] = None, image_mode: str = "exact",
-                 workers: Optional[int] = None, max_pixels: Optional[int] = None):
+                 workers: Optional[int] = None, max_pixels: Optional[int] = None, inflight: Optional[int] = None):
         device = _check_device(device)
         backend = _check_backend(backend, device)
         check_providers(device, backend)
@@ -81,6 +83,11 @@ class Encoder:
         self.backend = backend
         self.threads = int(threads or default_threads())
         self.workers = int(workers or self.threads)
+        # image batches run at once, each on threads // inflight cores: on CPUs, separate
+        # single-threaded runs avoid the per-operator synchronisation of one run on all cores
+        self.inflight = int(inflight) if inflight else (max(1, self.threads) if device == "cpu" else 1)
+        if self.inflight < 1:
+            raise ValueError(f"inflight must be at least 1, got {inflight!r}")
         self.image_mode = image_mode
         self.precisions: Dict[str, str] = {}
         self.precision_notes: Dict[str, str] = {}
@@ -135,8 +142,9 @@ class Encoder:
         if s is None:
             precision = self.precisions[tower]
             spec = self.manifest.towers[tower]
+            threads = max(1, self.threads // self.inflight) if tower == "image" else self.threads
             s = TowerSession(self.package.tower_file(tower, precision), device=self.device, backend=self.backend,
-                             threads=self.threads, precision=precision, output=spec.output)
+                             threads=threads, precision=precision, output=spec.output)
             self._sessions[tower] = s
         return s
 
@@ -183,23 +191,41 @@ class Encoder:
         from .preprocess import describe_item
 
         bar = _progress(progress, total if total is not None else _len_or_none(items), "images")
+        inflight = self.inflight
+        runner = cf.ThreadPoolExecutor(inflight, thread_name_prefix="cliprt-infer") if inflight > 1 else None
+        pending: collections.deque = collections.deque()
+
+        def finish(batch, result) -> EncodedBatch:
+            emb = result if len(batch.keys) else np.zeros((0, self.dim), np.float32)
+            if len(batch.keys) and not self.manifest.normalized:
+                emb = _normalise_rows(emb)
+            if bar is not None:
+                bar.update(len(batch.keys) + len(batch.errors))
+            return EncodedBatch(batch.keys, emb, batch.errors)
+
         try:
             for batch in prepare_batches(items, pre.into, pre.shape, batch_size, self.workers, keys=keys,
-                                         describe=lambda item, i: describe_item(item, i)):
+                                         keep=inflight, describe=lambda item, i: describe_item(item, i)):
                 if batch.errors and on_error == "raise":
                     from .preprocess import ImageError
 
                     raise ImageError(batch.errors[0].message)
-                if len(batch.keys):
-                    emb = session.run({name: batch.pixels})
-                    if not self.manifest.normalized:
-                        emb = _normalise_rows(emb)
-                else:
-                    emb = np.zeros((0, self.dim), np.float32)
-                if bar is not None:
-                    bar.update(len(batch.keys) + len(batch.errors))
-                yield EncodedBatch(batch.keys, emb, batch.errors)
+                feed = {name: batch.pixels}
+                if runner is None:
+                    yield finish(batch, session.run(feed) if len(batch.keys) else None)
+                    continue
+                # several batches in flight: each run uses threads // inflight cores; a batch's
+                # buffer stays valid while `inflight` batches are outstanding (keep=inflight)
+                pending.append((batch, runner.submit(session.run, feed) if len(batch.keys) else None))
+                if len(pending) >= inflight:
+                    b, fut = pending.popleft()
+                    yield finish(b, fut.result() if fut is not None else None)
+            while pending:
+                b, fut = pending.popleft()
+                yield finish(b, fut.result() if fut is not None else None)
         finally:
+            if runner is not None:
+                runner.shutdown(wait=True, cancel_futures=True)
             if bar is not None:
                 bar.close()
 

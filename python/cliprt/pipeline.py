@@ -47,15 +47,19 @@ class PreparedBatch:
 
 def prepare_batches(items: Iterable, fill: Callable[[Any, np.ndarray, str], None], shape: Tuple[int, ...],
                     batch_size: int, workers: int, *, keys: Optional[Iterable] = None, depth: int = 2,
-                    describe: Callable[[Any, int], str] = lambda item, i: f"item {i}",
+                    keep: int = 1, describe: Callable[[Any, int], str] = lambda item, i: f"item {i}",
                     dtype=np.float32) -> Iterator[PreparedBatch]:
     """Yields the items of `items` prepared by `fill(item, out_row, name)` in batches, in input
-    order. `fill` raises to reject an item; its message becomes the ItemError's."""
+    order. `fill` raises to reject an item; its message becomes the ItemError's.
+    A yielded batch's pixels stay valid until `keep` more batches have been requested (the
+    ring holds `depth + keep` buffers), so a caller may run `keep` batches at once."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    buffers = [np.empty((batch_size,) + tuple(shape), dtype) for _ in range(depth + 1)]
+    if depth < 1 or keep < 1:
+        raise ValueError("depth and keep must be at least 1")
+    buffers = [np.empty((batch_size,) + tuple(shape), dtype) for _ in range(depth + keep)]
     source = enumerate(zip(keys, items) if keys is not None else ((None, it) for it in items))
     pending: collections.deque = collections.deque()
     counter = itertools.count()
