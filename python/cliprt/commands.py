@@ -47,7 +47,8 @@ def cmd_models(args) -> int:
     from .registry import default_model_dir
 
     if args.models_command == "build-default":
-        path = _build_default(progress=not args.json, force=args.force)
+        path = _build_default(progress=not args.json, force=args.force, holdout_every=args.holdout_every,
+                              out=args.out)
         if args.json:
             _print_json({"path": path})
         else:
@@ -71,7 +72,8 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _build_default(progress: bool, force: bool = False) -> str:
+def _build_default(progress: bool, force: bool = False, holdout_every: Optional[int] = None,
+                   out: Optional[str] = None) -> str:
     try:
         from cliprt.export.default_model import build_default_model
     except ImportError as e:
@@ -96,11 +98,14 @@ def _build_default(progress: bool, force: bool = False) -> str:
         bar.n = done
         bar.refresh()
 
-    kwargs = {"progress": report}
-    if force:
-        kwargs["force"] = True
+    if holdout_every is not None and out is None:
+        raise CommandError("--holdout-every builds an evaluation variant: give it its own --out DIR")
     try:
-        path = build_default_model(default_model_dir(), **kwargs)
+        path = build_default_model(out or default_model_dir(), progress=report, force=force,
+                                   holdout_every=holdout_every)
+    except ImportError as e:
+        raise CommandError(f"building the default model needs the 'default' extra "
+                           f"(pip install 'cliprt[default]'): {e}") from None
     finally:
         if bar is not None:
             bar.close()
@@ -285,13 +290,12 @@ def _read_lines(path: str, what: str) -> List[str]:
 
 
 def cmd_classify(args) -> int:
-    from .zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
-
     from .evaluate import read_classnames
+    from .zeroshot import ZeroShotClassifier, model_templates
 
     enc = _encoder(args.model, args)
     labels = read_classnames(args.labels)
-    templates = _read_lines(args.templates, "templates") if args.templates else list(DEFAULT_TEMPLATES)
+    templates = _read_lines(args.templates, "templates") if args.templates else model_templates(enc.manifest)
     clf = ZeroShotClassifier(enc, labels, templates=templates)
     emb, idx, errors = enc.encode_images(args.images, on_error="skip", return_errors=True)
     k = min(args.k, len(labels))
@@ -314,17 +318,19 @@ def cmd_classify(args) -> int:
 # ------------------------------------------------------------------------------ eval
 def cmd_eval(args) -> int:
     from . import evaluate as ev
-    from .zeroshot import DEFAULT_TEMPLATES, class_embeddings
+    from .zeroshot import class_embeddings, model_templates
 
     enc = _encoder(args.model, args)
     storages = [s for s in (args.storage or "f32").split(",") if s]
     for s in storages:
-        if s not in STORAGES:
-            raise CommandError(f"unknown storage {s!r} (expected some of {', '.join(STORAGES)})")
+        name, _, r = s.partition("@")
+        if name not in STORAGES or (r and not r.isdigit()):
+            raise CommandError(f"unknown storage {s!r} (expected some of {', '.join(STORAGES)}, "
+                               "optionally @R for the rescoring factor, e.g. b1@0)")
     if args.kind == "zeroshot":
         names = ev.read_classnames(args.classnames) if args.classnames else None
         paths, labels, names = ev.load_classification(args.data, names)
-        templates = _read_lines(args.templates, "templates") if args.templates else list(DEFAULT_TEMPLATES)
+        templates = _read_lines(args.templates, "templates") if args.templates else model_templates(enc.manifest)
         classes = None
         if args.every:
             classes = [c for c in range(len(names)) if c % args.every == 0]
@@ -439,6 +445,10 @@ def register(sub) -> None:
     p = sub.add_parser("models", help="list models; build the embedded default model")
     p.add_argument("models_command", nargs="?", choices=("list", "build-default"), default="list")
     p.add_argument("--force", action="store_true", help="rebuild even if the package exists")
+    p.add_argument("--out", metavar="DIR", help="build into DIR instead of the cache (then use --model DIR)")
+    p.add_argument("--holdout-every", type=int, metavar="N",
+                   help="fit the bridge without the classes whose index is a multiple of N (an evaluation "
+                        "variant for held-out zero-shot accuracy; needs --out)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -487,7 +497,9 @@ def register(sub) -> None:
     p.add_argument("--templates", metavar="FILE")
     p.add_argument("--every", type=int, default=0, metavar="N",
                    help="zeroshot: keep only classes whose index is a multiple of N (held-out protocol)")
-    p.add_argument("--storage", default="f32", help="comma-separated index storages to score through (f32,i8,b1)")
+    p.add_argument("--storage", default="f32",
+                   help="comma-separated index storages to score through, e.g. f32,i8,b1 (b1@0: without "
+                        "exact rescoring)")
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -96,11 +96,14 @@ def _topk_exact(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _topk_index(queries: np.ndarray, database: np.ndarray, k: int, storage: str) -> np.ndarray:
+    """`storage`: an index storage, optionally "@R" for the rescoring factor ("b1@0": codes
+    only, no exact rescoring; default: the storage's default rescoring)."""
     from .index import Index
 
-    ix = Index(database.shape[1], metric="cosine", storage=storage)
+    name, _, r = storage.partition("@")
+    ix = Index(database.shape[1], metric="cosine", storage=name)
     ix.add(database)
-    _, ids = ix.search(queries, k=k)
+    _, ids = ix.search(queries, k=k, rescore=int(r) if r else None)
     return ids
 
 

@@ -44,9 +44,9 @@ def resolve_model(name_or_path) -> str:
     """Package directory for a model name (``"default"``) or a package path.
 
     ``"default"`` always names the cached default model (a local directory called
-    ``default`` is reached as ``./default``). Raises `ModelNotFoundError` with the fix when the default model has not been built yet
-    or the path holds no model package; the package itself is validated by
-    `cliprt.models.ModelPackage.load`."""
+    ``default`` is reached as ``./default``). Raises `ModelNotFoundError` with the fix when
+    the default model has not been built yet or the path holds no model package; the
+    package itself is validated by `cliprt.models.ModelPackage.load`."""
     name = os.fspath(name_or_path)
     if name == DEFAULT_MODEL:
         path = default_model_dir()

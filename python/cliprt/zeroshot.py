@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ZeroShotClassifier", "DEFAULT_TEMPLATES", "class_embeddings"]
+__all__ = ["ZeroShotClassifier", "DEFAULT_TEMPLATES", "class_embeddings", "model_templates"]
 
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -28,6 +28,17 @@ DEFAULT_TEMPLATES = (
     "a bright photo of a {}.",
     "itap of a {}.",
 )
+
+
+def model_templates(manifest) -> list:
+    """The prompt templates a model package recommends (its manifest's
+    provenance.zero_shot_templates, or the templates its text bridge was fitted with), else
+    DEFAULT_TEMPLATES."""
+    prov = manifest.provenance or {}
+    for templates in (prov.get("zero_shot_templates"), (prov.get("bridge") or {}).get("templates")):
+        if isinstance(templates, list) and templates and all(isinstance(t, str) and "{}" in t for t in templates):
+            return list(templates)
+    return list(DEFAULT_TEMPLATES)
 
 
 def _check_templates(templates: Sequence[str]) -> list:
@@ -60,8 +71,10 @@ def class_embeddings(encoder, classnames: Sequence[str], templates: Sequence[str
 class ZeroShotClassifier:
     """Classifies images among `classnames` with prompt-ensembled text embeddings."""
 
-    def __init__(self, encoder, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+    def __init__(self, encoder, classnames: Sequence[str], templates: Optional[Sequence[str]] = None,
                  template_weights: Optional[Sequence[float]] = None):
+        """`templates`: format strings with "{}"; None takes the model's own (see
+        `model_templates`)."""
         classnames = [classnames] if isinstance(classnames, str) else list(classnames)
         if not classnames:
             raise ValueError("classnames must not be empty")
@@ -73,7 +86,7 @@ class ZeroShotClassifier:
             raise ValueError(f"duplicate class names: {dup[:5]}")
         self.encoder = encoder
         self.classnames = classnames
-        self.templates = _check_templates(templates)
+        self.templates = _check_templates(model_templates(encoder.manifest) if templates is None else templates)
         self.template_weights = None if template_weights is None else list(template_weights)
         m = encoder.manifest
         self.scoring = m.scoring
