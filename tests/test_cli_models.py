@@ -114,3 +114,23 @@ def test_errors_are_one_line_messages(model, tmp_path, capsys):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "cliprt models build-default" in proc.stderr
+
+
+def test_tar_shards_and_bench(model, photos, tmp_path, capsys):
+    import tarfile
+
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for p in sorted((photos / "dog").glob("*.jpg")):
+            tf.add(p, arcname=f"sample/{p.name}")
+        tf.add(photos / "notes.txt", arcname="sample/notes.txt")
+    rc, out, _ = run(capsys, "embed", shard, "--model", model, "--index", tmp_path / "tcol", "--json")
+    s = json.loads(out)
+    assert rc == 0 and (s["embedded"], s["failed"]) == (3, 0)
+    rc, out, _ = run(capsys, "search", tmp_path / "tcol", "--image", photos / "dog" / "2.jpg", "-k", "1", "--json")
+    hit = json.loads(out)["results"][0]
+    assert hit["path"] == f"{shard}::sample/2.jpg" and hit["score"] > 0.999
+    rc, out, _ = run(capsys, "bench", "--model", model, "--images", photos, "--repeats", "1", "--batch-size", "4",
+                     "--json")
+    b = json.loads(out)
+    assert rc == 0 and b["images"] == 7 and b["failed"] == 1 and b["images_per_s"] > 0 and b["texts_per_s"] > 0

@@ -403,3 +403,22 @@ def test_cliprt_eval_zero_shot_targets(built, heldout_package, capsys):
         for s in ("i8", "b1", "i8@0"):     # default rescoring, and int8 codes alone
             assert abs(r["storage"][s]["top1"] - r["storage"]["f32"]["top1"]) <= 0.03, (s, r["storage"])
         assert 0.0 < r["storage"]["b1@0"]["top1"] <= r["storage"]["f32"]["top1"] + 0.03
+
+
+def test_quickstart_on_the_built_default_model(built, tmp_path):
+    """`cliprt quickstart` (the README's main job) with the default model already in the cache:
+    embeds the sample photos (the ImageNet sample when ../shared is there, scikit-image's
+    photos otherwise), searches and classifies; JSON out, no traceback."""
+    home = os.path.dirname(os.path.dirname(built[1]))
+    env = dict(os.environ, CLIPRT_HOME=home)
+    env.pop("CLIPRT_SAMPLE_IMAGES", None)
+    proc = subprocess.run([sys.executable, "-m", "cliprt.cli", "quickstart", "--json"], capture_output=True,
+                          text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["photos"] >= 5 and out["images_per_s"] > 0
+    assert set(out["searches"]) == {"a dog", "a red sports car", "a bird on a branch"}
+    assert all(len(hits) == 3 for hits in out["searches"].values())
+    assert len(out["classified"]) == 5
+    for preds in out["classified"].values():
+        assert len(preds) == 3 and 0.0 <= preds[0][1] <= 1.0

@@ -9,6 +9,7 @@
 #include "cliprt/index.h"
 #include "cliprt/scan.h"
 #include "cliprt/codec.h"
+#include "cuda_index.h"
 #if defined(CLIPRT_WITH_CUDA)
 #include "common/device.h"
 #include "quant/encode.h"
@@ -214,6 +215,7 @@ PYBIND11_MODULE(_core, m) {
 #endif
         },
         py::arg("x"), py::arg("storage"), "The device codecs (device 0); same output as encode_rows.");
+  register_cuda_index(m);
   m.def("set_simd_variant", &set_active_variant, py::arg("name"),
         "Force a SIMD variant (tests); the CLIPRT_SIMD environment variable does the same at start-up.");
   m.def("simd_variant", [] { return std::string(active_kernels().name); });

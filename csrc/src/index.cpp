@@ -257,6 +257,58 @@ void Index::reconstruct(const int64_t* ids, int64_t n, float* out) const {
   }
 }
 
+int64_t Index::visit_segments(const std::function<void(const SegmentView&)>& fn) const {
+  std::shared_lock<RwLock> lock(mu_);
+  for (auto& s : segments_) {
+    if (s->rows == 0) continue;
+    SegmentView v;
+    v.rows = s->rows;
+    v.codes = s->codes;
+    v.ids = s->ids;
+    v.scale = s->scale;
+    v.orig = s->orig;
+    v.deleted = s->n_deleted ? s->deleted.data() : nullptr;
+    v.n_deleted = s->n_deleted;
+    fn(v);
+  }
+  return next_id_;
+}
+
+void Index::append_packed(const SegmentView& v, int64_t next_id) {
+  std::unique_lock<RwLock> lock(mu_);
+  CLIPRT_ASSERT(live_ == 0 && segments_.empty());
+  CLIPRT_ASSERT(v.rows >= 0 && v.rows < (int64_t(1) << kLocShift) && next_id >= 0);
+  next_id_ = std::max(next_id_, next_id);
+  if (v.rows == 0) return;
+  CLIPRT_ASSERT((v.scale != nullptr) == layout_.has_scale() && (v.orig != nullptr) == keep_originals_);
+  auto s = std::make_shared<Segment>();
+  s->layout = layout_;
+  s->has_originals = keep_originals_;
+  const int64_t cap = blocks_for_rows(v.rows) * kBlockRows;
+  const size_t code_bytes = size_t(cap / kBlockRows) * layout_.block_bytes();
+  s->codes_buf.grow(code_bytes, 0);
+  std::memcpy(s->codes_buf.data(), v.codes, code_bytes);
+  s->ids_buf.grow(size_t(cap) * 8, 0);
+  std::memcpy(s->ids_buf.data(), v.ids, size_t(v.rows) * 8);
+  if (v.scale) {
+    s->scale_buf.grow(size_t(cap) * 4, 0);
+    std::memcpy(s->scale_buf.data(), v.scale, size_t(v.rows) * 4);
+  }
+  if (v.orig) {
+    s->orig_buf.grow(size_t(cap) * size_t(dim_) * 4, 0);
+    std::memcpy(s->orig_buf.data(), v.orig, size_t(v.rows) * size_t(dim_) * 4);
+  }
+  s->deleted.assign(size_t(cap / 64 + 1), 0);
+  if (v.deleted) std::memcpy(s->deleted.data(), v.deleted, size_t((v.rows + 63) / 64) * 8);
+  s->n_deleted = popcount_bits(s->deleted);
+  s->rows = v.rows;
+  s->capacity = cap;
+  set_owned_pointers(*s);
+  live_ = s->rows - s->n_deleted;
+  segments_.push_back(s);
+  map_ready_.store(false);
+}
+
 // ---------------------------------------------------------------------------------------
 // Persistence (format in persist.h)
 

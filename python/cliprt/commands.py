@@ -440,6 +440,47 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ bench
+def cmd_bench(args) -> int:
+    """Throughput of the encoder on the user's own images (and captions), end to end."""
+    import statistics
+
+    from .sources import iter_source
+
+    enc = _encoder(args.model, args)
+    out: Dict[str, Any] = {"model": args.model, "precisions": dict(enc.precisions), "batch": args.batch_size,
+                           "threads": enc.threads, "inflight": enc.inflight}
+    if "image" in enc.manifest.towers and args.images:
+        paths = [it.data for _, it in zip(range(args.limit), iter_source(args.images))]
+        if not paths:
+            raise CommandError(f"no images found in {args.images}")
+        enc.encode_images(paths[:args.batch_size], batch_size=args.batch_size, on_error="skip",
+                          return_errors=True)        # warm-up
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            _, _, errors = enc.encode_images(paths, batch_size=args.batch_size, on_error="skip", return_errors=True)
+            times.append(time.perf_counter() - t0)
+        out.update(images=len(paths), failed=len(errors), images_per_s=round(len(paths) / statistics.median(times), 2))
+    if "text" in enc.manifest.towers:
+        texts = (_read_lines(args.texts, "texts") if args.texts else
+                 [f"a photo of a {w} next to a {v}" for w in ("dog", "cat", "car", "tree", "house", "bird", "boat", "chair")
+                  for v in ("table", "river", "window", "road", "person", "flower", "mountain", "lamp")])
+        enc.encode_texts(texts[:args.batch_size])
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            enc.encode_texts(texts, batch_size=args.batch_size)
+            times.append(time.perf_counter() - t0)
+        out.update(texts=len(texts), texts_per_s=round(len(texts) / statistics.median(times), 1))
+    if args.json:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k:12s} {v}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ parsers
 def register(sub) -> None:
     p = sub.add_parser("models", help="list models; build the embedded default model")
@@ -503,6 +544,18 @@ def register(sub) -> None:
     p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="encoder throughput on your images and captions (median of repeats)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--images", metavar="SRC", help="folder, file list or tar shard of images")
+    p.add_argument("--texts", metavar="FILE", help="captions, one per line (default: built-in captions)")
+    p.add_argument("--limit", type=int, default=256, help="images to use at most")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--precision", default=None, choices=("fp32", "fp16", "int8"))
+    p.add_argument("--fast", action="store_true", help="fast preprocessing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("quickstart", help="build the default model, embed sample photos, search, classify")
     p.add_argument("--queries", nargs="*", default=["a dog", "a red sports car", "a bird on a branch"])

@@ -1,7 +1,9 @@
-"""Exact similarity index over quantized embedding storage (numpy in, numpy out).
+"""Exact similarity index over quantized embedding storage (numpy in, numpy out; on a
+CUDA device, device arrays in and out as well).
 
 The heavy lifting is in the native core (``cliprt._core``); this module normalises
-arguments, picks per-storage defaults and documents the contract.
+arguments, picks per-storage defaults and documents the contract. Device plumbing (device
+names, cupy / torch / DLPack arrays, streams) is in ``cliprt._device``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from cliprt import _core
+from cliprt import _core, _device
 
 STORAGES = ("f32", "f16", "bf16", "i8", "b1")
 METRICS = ("cosine", "ip")
@@ -54,7 +56,7 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
     """(n, dim) C-contiguous float32 copy-or-view of x; second value: x was one vector."""
-    a = np.asarray(x)
+    a = np.asarray(_device.to_numpy(x))
     if a.dtype.kind != "f":
         raise TypeError(f"{what} must be floating point (float16, float32 or float64), got dtype {a.dtype}")
     single = a.ndim == 1
@@ -69,7 +71,7 @@ def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
 
 
 def _as_ids(ids, what: str) -> np.ndarray:
-    a = np.asarray(ids)
+    a = np.asarray(_device.to_numpy(ids))
     if a.ndim == 0:
         a = a.reshape(1)
     if a.size == 0:
@@ -89,11 +91,12 @@ class Index:
     ``metric``: ``"cosine"`` (vectors and queries are L2-normalised) or ``"ip"``.
     ``storage``: ``"f32"``, ``"f16"``, ``"bf16"``, ``"i8"`` (per-vector absmax int8) or
     ``"b1"`` (sign bits). ``keep_originals``: keep the float32 vectors beside the codes for
-    exact rescoring; default True for i8 and b1, False otherwise.
+    exact rescoring; default True for i8 and b1, False otherwise. ``device``: ``"cpu"``
+    (default) or ``"cuda"`` / ``"cuda:N"`` for an index held on a CUDA device (see ``to``).
     """
 
     def __init__(self, dim: int, metric: str = "cosine", storage: str = "f32",
-                 keep_originals: Optional[bool] = None):
+                 keep_originals: Optional[bool] = None, device="cpu"):
         dim = _check_int(dim, "dim", 1)
         if dim > MAX_DIM:
             raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
@@ -103,13 +106,41 @@ class Index:
             raise ValueError(f"unknown storage {storage!r}: expected one of {STORAGES}")
         if keep_originals is None:
             keep_originals = storage in KEEPS_ORIGINALS
-        self._ix = _core.Index(dim, metric, storage, bool(keep_originals))
+        ordinal = _device.parse_device(device)
+        if ordinal is None:
+            self._ix = _core.Index(dim, metric, storage, bool(keep_originals))
+        else:
+            _device.require_cuda(ordinal)
+            self._ix = _core.CudaIndex(ordinal, dim, metric, storage, bool(keep_originals))
+        self._ordinal = ordinal
 
     @classmethod
-    def _from_core(cls, core) -> "Index":
+    def _from_core(cls, core, ordinal: Optional[int] = None) -> "Index":
         self = cls.__new__(cls)
         self._ix = core
+        self._ordinal = ordinal
         return self
+
+    # -- devices ------------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        """Where the index lives: ``"cpu"`` or ``"cuda:N"``."""
+        return _device.device_name(self._ordinal)
+
+    def to(self, device) -> "Index":
+        """A copy of this index on `device` (``"cpu"``, ``"cuda"``, ``"cuda:N"``), or this
+        index itself when it is already there. Codes, ids, deletions and kept originals
+        move as they are (no re-encoding), so searches return the same results on either
+        side. Raises RuntimeError when CUDA is unavailable (no device, or a build without
+        CUDA)."""
+        ordinal = _device.parse_device(device)
+        if ordinal == self._ordinal:
+            return self
+        if ordinal is None:
+            return Index._from_core(self._ix.to_index())
+        _device.require_cuda(ordinal)
+        host = self._ix if self._ordinal is None else self._ix.to_index()
+        return Index._from_core(_core.CudaIndex.from_index(host, ordinal), ordinal)
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -149,25 +180,38 @@ class Index:
         return self._ix.contains(int(id_))
 
     def __repr__(self) -> str:
+        where = "" if self._ordinal is None else f", device={self.device!r}"
         return (f"cliprt.Index(dim={self.dim}, metric={self.metric!r}, storage={self.storage!r}, "
-                f"keep_originals={self.keep_originals}, size={len(self)})")
+                f"keep_originals={self.keep_originals}, size={len(self)}{where})")
 
     def ids(self) -> np.ndarray:
         """The ids of all stored vectors (int64), in storage order."""
         return self._ix.ids()
 
     # -- mutation -----------------------------------------------------------------------
-    def add(self, vectors, ids=None) -> np.ndarray:
+    def add(self, vectors, ids=None, stream=None) -> np.ndarray:
         """Adds (n, dim) float vectors; returns their int64 ids (assigned when None).
 
         Raises ValueError on NaN/Inf, wrong shape, duplicate or negative ids; nothing is
-        stored when a call is rejected."""
+        stored when a call is rejected. A device index also takes device arrays (encoded on
+        the device, on `stream` when given); a CPU index copies them to the host."""
+        if self._ordinal is not None and _device.is_device_array(vectors):
+            handle = _device.stream_handle(stream)
+            rows = _device.device_rows(vectors, self.dim, "vectors", self._ordinal, handle)
+            id_arr = None
+            if ids is not None:
+                id_arr = _as_ids(ids, "ids")
+                if id_arr.shape[0] != rows.n:
+                    raise ValueError(f"got {id_arr.shape[0]} ids for {rows.n} vectors")
+            return self._ix.add_device(rows.ptr, rows.n, id_arr, handle if handle is not None else rows.producer)
         x, _ = _as_float_rows(vectors, self.dim, "vectors")
         id_arr = None
         if ids is not None:
             id_arr = _as_ids(ids, "ids")
             if id_arr.shape[0] != x.shape[0]:
                 raise ValueError(f"got {id_arr.shape[0]} ids for {x.shape[0]} vectors")
+        if self._ordinal is not None:
+            return self._ix.add_host(x, id_arr)
         return self._ix.add(x, id_arr)
 
     def remove(self, ids) -> int:
@@ -175,7 +219,7 @@ class Index:
         return int(self._ix.remove(_as_ids(ids, "ids")))
 
     # -- queries ------------------------------------------------------------------------
-    def search(self, queries, k: int = 10, rescore=None, allow=None, threads=None):
+    def search(self, queries, k: int = 10, rescore=None, allow=None, threads=None, stream=None):
         """Top-k most similar stored vectors.
 
         queries: (q, dim) or (dim,) floats. Returns (scores float32, ids int64), each (q, k)
@@ -186,9 +230,19 @@ class Index:
         exactly with the float32 originals. None uses the storage default
         (``Index.default_rescore_for(k)``), 0 or False turns it off.
         allow: optional ids; only those are candidates (applied inside the scan).
-        threads: worker threads (default: all cores; small searches use one).
+        threads: worker threads (default: all cores; small searches use one; CPU only).
+        stream: device indexes only: the CUDA stream to run on (an int handle, a cupy or
+        torch stream); by default a stream of the calling thread, ordered after the work
+        that produced device queries. Device queries (cupy, torch, DLPack) give device
+        results of the same library without a host round trip; host queries give numpy.
+        The call returns when the results are complete.
         """
-        q, single = _as_float_rows(queries, self.dim, "queries")
+        device_rows = None
+        if self._ordinal is not None and _device.is_device_array(queries):
+            handle = _device.stream_handle(stream)
+            device_rows = _device.device_rows(queries, self.dim, "queries", self._ordinal, handle)
+        else:
+            q, single = _as_float_rows(queries, self.dim, "queries")
         k = _check_int(k, "k", 1)
         if rescore is None:
             r = self.default_rescore_for(k)
@@ -200,7 +254,12 @@ class Index:
                 raise ValueError("rescore needs the original vectors: create the index with keep_originals=True")
         t = 0 if threads is None else _check_int(threads, "threads", 1)
         allow_arr = None if allow is None else _as_ids(allow, "allow")
-        scores, ids = self._ix.search(q, k, r, allow_arr, t)
+        if device_rows is not None:
+            return _device.search(self._ix, device_rows, k, r, allow_arr, handle)
+        if self._ordinal is not None:
+            scores, ids = self._ix.search_host(q, k, r, allow_arr, _device.stream_handle(stream))
+        else:
+            scores, ids = self._ix.search(q, k, r, allow_arr, t)
         if single:
             return scores[0], ids[0]
         return scores, ids
@@ -216,19 +275,26 @@ class Index:
     def save(self, path) -> None:
         """Saves to directory `path`. Saving again to the directory the index was loaded
         from (or last saved to) appends new rows only. Crash-safe: an interrupted save
-        leaves the previous state loadable."""
+        leaves the previous state loadable. A device index is saved through a CPU copy."""
+        if self._ordinal is not None:
+            self.to("cpu").save(path)
+            return
         self._ix.save(os.fspath(path))
 
     @classmethod
-    def load(cls, path, mmap: bool = True, verify: bool = True) -> "Index":
+    def load(cls, path, mmap: bool = True, verify: bool = True, device="cpu") -> "Index":
         """Opens an index directory. mmap=True maps the files instead of reading them;
         verify=True checks the checksums of everything except the float32 originals (use
-        ``verify()`` for a full check). Corrupt files raise cliprt.FormatError."""
+        ``verify()`` for a full check). Corrupt files raise cliprt.FormatError. With a CUDA
+        `device`, the loaded index is copied there."""
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no index at {path!r}")
-        return cls._from_core(_core.Index.load(path, bool(mmap), bool(verify)))
+        index = cls._from_core(_core.Index.load(path, bool(mmap), bool(verify)))
+        return index.to(device)
 
     def verify(self) -> None:
-        """Checks every checksum of a loaded index, originals included."""
-        self._ix.verify()
+        """Checks every checksum of a loaded index, originals included (a device index has
+        no files: its codes were checked when they were loaded)."""
+        if self._ordinal is None:
+            self._ix.verify()

@@ -81,9 +81,6 @@ class ZeroShotClassifier:
         for c in classnames:
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"class name {c!r} must be a non-empty string")
-        if len(set(classnames)) != len(classnames):
-            dup = sorted({c for c in classnames if classnames.count(c) > 1})
-            raise ValueError(f"duplicate class names: {dup[:5]}")
         self.encoder = encoder
         self.classnames = classnames
         self.templates = _check_templates(model_templates(encoder.manifest) if templates is None else templates)

@@ -13,6 +13,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -50,6 +51,18 @@ struct Segment {
   bool is_deleted(int64_t r) const { return (deleted[size_t(r >> 6)] >> (r & 63)) & 1; }
 };
 
+// One segment as stored, for copying an index to or from another device. Valid only inside
+// Index::visit_segments (or for the duration of Index::append_packed).
+struct SegmentView {
+  int64_t rows = 0;
+  const uint8_t* codes = nullptr;     // packed blocks: blocks_for_rows(rows) * block_bytes()
+  const int64_t* ids = nullptr;       // (rows)
+  const float* scale = nullptr;       // (rows) for i8 and b1, else null
+  const float* orig = nullptr;        // (rows, dim) when originals are kept, else null
+  const uint64_t* deleted = nullptr;  // bitmap, (rows + 63) / 64 words; null when none deleted
+  int64_t n_deleted = 0;
+};
+
 struct SearchParams {
   int64_t k = 10;
   int rescore = 0;                      // candidates = k * rescore, rescored exactly; 0 = off
@@ -81,6 +94,13 @@ class Index {
   static std::unique_ptr<Index> load(const std::string& dir, const LoadOptions& opt);
   // Verifies every checksum, originals included; throws FormatError.
   void verify() const;
+
+  // Device copies. visit_segments calls fn for every non-empty segment in storage order
+  // under the shared lock (one consistent snapshot) and returns the next automatic id.
+  int64_t visit_segments(const std::function<void(const SegmentView&)>& fn) const;
+  // Appends rows given in the packed block layout as a new segment (codes are copied, not
+  // re-encoded); the index must hold no rows yet. Automatic ids continue from next_id.
+  void append_packed(const SegmentView& s, int64_t next_id);
 
   int dim() const { return dim_; }
   Metric metric() const { return metric_; }

@@ -1,0 +1,78 @@
+// The one place where run-time values become template parameters: storage and batch size
+// pick the kernel family and its query tile. Small batches stream the database on CUDA
+// cores (memory-bound: QT = 1 for single queries, 8 up to 8 queries); larger bf16, i8 and
+// b1 batches run on tensor cores with the smallest tile that holds them (BM = 32, 64, else
+// 128), since padding rows cost MMAs where a batch is still near memory-bound. f32 and f16
+// stay on CUDA cores at every size: their scores are float32 products of a float32 query.
+// k and the metric stay run-time values: the scans filter by a per-query threshold, and
+// queries arrive already normalised.
+#include "common/check.h"
+#include "search/scan_kernels.h"
+
+namespace cliprt {
+namespace cuda {
+
+ScanPlan plan_scan(Storage storage, int nq) {
+  ScanPlan plan;
+  const int simt_tile = nq <= 1 ? 1 : 8;
+  switch (storage) {
+    case Storage::F32:
+    case Storage::F16:
+      plan.tile = nq <= 1 ? 1 : (nq <= 8 ? 8 : 32);
+      plan.form = QueryForm::F32;
+      plan.q_ratio = storage == Storage::F16 ? 2 : 1;
+      return plan;
+    case Storage::BF16:
+    case Storage::I8:
+    case Storage::B1:
+      if (nq <= 8) {
+        plan.tile = simt_tile;
+        plan.form = storage == Storage::BF16 ? QueryForm::F32Rounded : QueryForm::Codes;
+        plan.q_ratio = storage == Storage::BF16 ? 2 : 1;
+      } else {
+        plan.mma = true;
+        plan.tile = nq <= 32 ? 32 : (nq <= 64 ? 64 : 128);
+        plan.form = storage == Storage::B1 ? QueryForm::B1Expanded : QueryForm::Codes;
+        plan.q_ratio = storage == Storage::B1 ? 8 : 1;
+      }
+      return plan;
+  }
+  throw Error("internal error: unknown storage");
+}
+
+void launch_scan(Storage storage, const ScanPlan& plan, const ScanParams& p, int device, cudaStream_t stream) {
+#define CLIPRT_CASE(family, S, T)                 \
+  if (storage == Storage::S && plan.tile == T) { \
+    family::run<Storage::S, T>(p, device, stream); \
+    return;                                       \
+  }
+  if (!plan.mma) {
+    CLIPRT_CASE(simt, F32, 1)
+    CLIPRT_CASE(simt, F32, 8)
+    CLIPRT_CASE(simt, F32, 32)
+    CLIPRT_CASE(simt, F16, 1)
+    CLIPRT_CASE(simt, F16, 8)
+    CLIPRT_CASE(simt, F16, 32)
+    CLIPRT_CASE(simt, BF16, 1)
+    CLIPRT_CASE(simt, BF16, 8)
+    CLIPRT_CASE(simt, I8, 1)
+    CLIPRT_CASE(simt, I8, 8)
+    CLIPRT_CASE(simt, B1, 1)
+    CLIPRT_CASE(simt, B1, 8)
+  } else {
+    CLIPRT_CASE(mma, BF16, 32)
+    CLIPRT_CASE(mma, BF16, 64)
+    CLIPRT_CASE(mma, BF16, 128)
+    CLIPRT_CASE(mma, I8, 32)
+    CLIPRT_CASE(mma, I8, 64)
+    CLIPRT_CASE(mma, I8, 128)
+    CLIPRT_CASE(mma, B1, 32)
+    CLIPRT_CASE(mma, B1, 64)
+    CLIPRT_CASE(mma, B1, 128)
+  }
+#undef CLIPRT_CASE
+  throw Error("internal error: no scan kernel for this plan");
+}
+
+}  // namespace cuda
+}  // namespace cliprt
