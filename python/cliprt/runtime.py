@@ -1,8 +1,8 @@
 """ONNX Runtime sessions for a package's towers.
 
 One :class:`TowerSession` per tower and precision: it opens the ONNX file with options tuned
-for throughput on the chosen device and runs batches through IOBinding into preallocated
-output buffers.
+for throughput on the chosen device and runs batches through IOBinding (inputs bound in
+place, no copy of the batch buffer).
 
 CPU tuning, and why:
 
