@@ -150,10 +150,7 @@ Segment& Index::writable_segment(int64_t extra) {
   return s;
 }
 
-std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
-  if (int64_t(n) >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");
-  std::vector<float> normed;
-  const float* src = prepare_rows(x, n, true, &normed);
+std::vector<int64_t> checked_new_ids(const int64_t* ids, int64_t n) {
   std::vector<int64_t> out(static_cast<size_t>(n));
   if (ids) {
     for (int64_t i = 0; i < n; ++i) {
@@ -167,6 +164,14 @@ std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
     auto dup = std::adjacent_find(sorted.begin(), sorted.end());
     if (dup != sorted.end()) throw ValueError("duplicate id " + std::to_string(*dup) + " within this add");
   }
+  return out;
+}
+
+std::vector<int64_t> Index::add(const float* x, int64_t n, const int64_t* ids) {
+  if (int64_t(n) >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");
+  std::vector<float> normed;
+  const float* src = prepare_rows(x, n, true, &normed);
+  std::vector<int64_t> out = checked_new_ids(ids, n);
   // Encode outside the lock.
   const size_t rb = layout_.row_bytes();
   std::vector<uint8_t> codes(static_cast<size_t>(n) * rb);

@@ -7,6 +7,7 @@
 
 #include "cliprt/codec.h"
 #include "cliprt/errors.h"
+#include "cliprt/index.h"
 #include "common/check.h"
 #include "common/device.h"
 #include "index/device_arrays.h"
@@ -160,19 +161,7 @@ std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device,
       throw ValueError("vector " + std::to_string(found[1]) + " has zero norm and cannot be normalised (metric='cosine')");
 
     // 2. Ids, with the CPU index's rules and messages.
-    std::vector<int64_t> out(static_cast<size_t>(n));
-    if (ids) {
-      for (int64_t i = 0; i < n; ++i) {
-        if (ids[i] < 0 || ids[i] == std::numeric_limits<int64_t>::max())
-          throw ValueError("ids must be in [0, 2**63 - 2] (got " + std::to_string(ids[i]) +
-                           "; -1 marks empty result slots)");
-        out[size_t(i)] = ids[i];
-      }
-      std::vector<int64_t> sorted(out);
-      std::sort(sorted.begin(), sorted.end());
-      auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-      if (dup != sorted.end()) throw ValueError("duplicate id " + std::to_string(*dup) + " within this add");
-    }
+    std::vector<int64_t> out = checked_new_ids(ids, n);
 
     std::unique_lock<RwLock> lock(mu_);
     if (ids) {

@@ -78,6 +78,11 @@ struct LoadOptions {
   bool verify_originals = false;
 };
 
+// Ids given to an add, checked by the rules every index applies (each in [0, 2**63 - 2], no
+// duplicates within the call); returns them as a vector, or n zeros when ids is null (the
+// caller assigns them). Raises ValueError.
+std::vector<int64_t> checked_new_ids(const int64_t* ids, int64_t n);
+
 class Index {
  public:
   Index(int dim, Metric metric, Storage storage, bool keep_originals);
