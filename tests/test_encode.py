@@ -117,13 +117,33 @@ def test_batch_size_does_not_change_results(tiny, rng):
     for b in (1, 3, 8):
         assert np.abs(enc.encode_images(items, batch_size=b) - whole).max() < 1e-5
     # several batches in flight (ring buffers kept alive while their runs are outstanding)
-    for inflight in (1, 3):
+    for inflight in (1, 2, 3):
         other = Encoder.load(tiny["dir"], inflight=inflight)
         assert other.inflight == inflight
-        for b in (1, 4):
+        for b in (1, 4, 19):
             assert np.abs(other.encode_images(items, batch_size=b) - whole).max() < 1e-5
+    # a batch larger than MAX_SLICE is cut into several slices per runner
+    many = items * 3
+    got = Encoder.load(tiny["dir"], inflight=2).encode_images(many, batch_size=len(many))
+    assert np.abs(got - np.concatenate([whole] * 3)).max() < 1e-5
     with pytest.raises(ValueError, match="inflight"):
         Encoder.load(tiny["dir"], inflight=-1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 16, 17, 32, 33, 100])
+@pytest.mark.parametrize("runners", [1, 2, 3])
+def test_slices_cover_the_batch(n, runners):
+    from cliprt.encode import MAX_SLICE, _slices
+
+    s = _slices(n, runners)
+    if n == 0:
+        assert s == []
+        return
+    assert [a for a, _ in s] == [0] + [b for _, b in s[:-1]]  # contiguous, in order
+    assert s[-1][1] == n
+    sizes = [b - a for a, b in s]
+    assert 0 < min(sizes) and max(sizes) <= MAX_SLICE and max(sizes) - min(sizes) <= 1
+    assert len(s) >= min(n, runners)
 
 
 def test_bad_items_skip_keeps_the_rest(tiny, rng, tmp_path):

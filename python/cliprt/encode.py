@@ -35,6 +35,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 MIN_VARIANT_COSINE = 0.999
 DEFAULT_IMAGE_BATCH = 32
 DEFAULT_TEXT_BATCH = 64
+# the most images one single-threaded run of the image tower takes at once (see _slices)
+MAX_SLICE = 4
 
 
 class EncodeWarning(UserWarning):
@@ -83,8 +85,9 @@ class Encoder:
         self.backend = backend
         self.threads = int(threads or default_threads())
         self.workers = int(workers or self.threads)
-        # image batches run at once, each on threads // inflight cores: on CPUs, separate
-        # single-threaded runs avoid the per-operator synchronisation of one run on all cores
+        # image tower runs at once, each on threads // inflight cores: on CPUs, separate
+        # single-threaded runs (slices of each batch, and of the next batches) avoid the
+        # per-operator synchronisation of one run on all cores
         self.inflight = int(inflight) if inflight else (max(1, self.threads) if device == "cpu" else 1)
         if self.inflight < 1:
             raise ValueError(f"inflight must be at least 1, got {inflight!r}")
@@ -193,36 +196,43 @@ class Encoder:
         bar = _progress(progress, total if total is not None else _len_or_none(items), "images")
         inflight = self.inflight
         runner = cf.ThreadPoolExecutor(inflight, thread_name_prefix="cliprt-infer") if inflight > 1 else None
+        # batches whose runs are outstanding: one more than the runners, so that a runner that
+        # finishes finds the next batch's slices already queued
+        keep = inflight + 1 if runner is not None else 1
         pending: collections.deque = collections.deque()
 
-        def finish(batch, result) -> EncodedBatch:
-            emb = result if len(batch.keys) else np.zeros((0, self.dim), np.float32)
-            if len(batch.keys) and not self.manifest.normalized:
-                emb = _normalise_rows(emb)
+        def finish(batch, parts) -> EncodedBatch:
+            if not parts:
+                emb = np.zeros((0, self.dim), np.float32)
+            else:
+                emb = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                if not self.manifest.normalized:
+                    emb = _normalise_rows(emb)
             if bar is not None:
                 bar.update(len(batch.keys) + len(batch.errors))
             return EncodedBatch(batch.keys, emb, batch.errors)
 
         try:
             for batch in prepare_batches(items, pre.into, pre.shape, batch_size, self.workers, keys=keys,
-                                         keep=inflight, describe=lambda item, i: describe_item(item, i)):
+                                         keep=keep, describe=lambda item, i: describe_item(item, i)):
                 if batch.errors and on_error == "raise":
                     from .preprocess import ImageError
 
                     raise ImageError(batch.errors[0].message)
-                feed = {name: batch.pixels}
                 if runner is None:
-                    yield finish(batch, session.run(feed) if len(batch.keys) else None)
+                    yield finish(batch, [session.run({name: batch.pixels})] if len(batch.keys) else [])
                     continue
-                # several batches in flight: each run uses threads // inflight cores; a batch's
-                # buffer stays valid while `inflight` batches are outstanding (keep=inflight)
-                pending.append((batch, runner.submit(session.run, feed) if len(batch.keys) else None))
-                if len(pending) >= inflight:
-                    b, fut = pending.popleft()
-                    yield finish(b, fut.result() if fut is not None else None)
+                # each batch is cut into slices run at once, one per runner (one core each); a
+                # batch's buffer stays valid while `keep` batches are outstanding
+                runs = [runner.submit(session.run, {name: batch.pixels[a:b]})
+                        for a, b in _slices(len(batch.keys), inflight)]
+                pending.append((batch, runs))
+                if len(pending) >= keep:
+                    done, runs = pending.popleft()
+                    yield finish(done, [r.result() for r in runs])
             while pending:
-                b, fut = pending.popleft()
-                yield finish(b, fut.result() if fut is not None else None)
+                done, runs = pending.popleft()
+                yield finish(done, [r.result() for r in runs])
         finally:
             if runner is not None:
                 runner.shutdown(wait=True, cancel_futures=True)
@@ -304,6 +314,18 @@ class Encoder:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _slices(n: int, runners: int) -> List[Tuple[int, int]]:
+    """Row ranges that cut a batch of `n` into the fewest near-equal slices of at most
+    MAX_SLICE rows that still give each runner one. Small slices keep a core's activations in
+    its cache and the pipeline fine-grained: at batch 32 on 2 cores, slices of 4 ran ViT-B-32
+    at 1.03x and MobileCLIP-S1 at 1.08x the speed of slices of 16 (medians of 2 x 3 passes)."""
+    if n == 0:
+        return []
+    parts = min(n, max(runners, -(-n // MAX_SLICE)))
+    edges = [n * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
 
 def _check_device(device: str) -> str:
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
