@@ -132,7 +132,7 @@ def causal_text_module(model):
     return text
 
 
-def _tag_preprocess(config: str) -> Dict[str, Any]:
+def tag_preprocess(config: str) -> Dict[str, Any]:
     """The preprocessing every pretrained tag of this config agrees on (used when the weights
     come from a file or are random: open_clip only knows a tag's mean/std/resize mode)."""
     import open_clip
@@ -220,7 +220,7 @@ def from_open_clip(config: str, checkpoint: Optional[str] = None, pretrained: Op
         kwargs["pretrained"] = pretrained
     else:
         provenance.update(weights="random-init", seed=seed)
-    pp_override = {} if pretrained is not None else _tag_preprocess(config) if model_cfg is not None else {}
+    pp_override = {} if pretrained is not None else tag_preprocess(config) if model_cfg is not None else {}
     if pp_override:
         kwargs["force_preprocess_cfg"] = pp_override
     if seed is not None:
