@@ -310,7 +310,7 @@ def write(results, out_md, out_json):
           "| model | photos | image fp32 | text fp32 | image int8 | text int8 | towers run in int8 |",
           "|---|---|---|---|---|---|---|"]
     for p in results["parity"]:
-        L.append(f"| {p['model']} | {p.get('photos', results['images'])} | {p['image_min_cos_fp32']:.7f} | "
+        L.append(f"| {p['model']} | {p['photos']} | {p['image_min_cos_fp32']:.7f} | "
                  f"{p['text_min_cos_fp32']:.7f} | "
                  f"{p['image_min_cos_int8']:.5f} | {p['text_min_cos_int8']:.5f} | {p['int8_towers']} |")
     pp = results.get("preprocess") or {}
