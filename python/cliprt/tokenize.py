@@ -38,8 +38,13 @@ How the CLIP pipeline is organised
 
 The pre-tokenizer reproduces the reference split pattern
 ``'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`` (case-insensitive in the
-reference). After lower-casing, case-insensitivity only matters for two characters, which
-the pattern spells out: U+017F (long s) also completes the ``'s`` contraction, and U+0345
+reference), with letters, numbers and white space as Unicode
+:data:`~cliprt.unicode_classes.UNICODE_VERSION` defines them (tables shipped in the
+package), not as the regex engine's own tables: the reference's classes follow its
+installed ``regex`` release, so the ids of characters assigned in recent Unicode versions
+differ between environments; cliprt's do not (see :mod:`cliprt.unicode_classes`).
+After lower-casing, case-insensitivity only matters for two characters, which the
+pattern spells out: U+017F (long s) also completes the ``'s`` contraction, and U+0345
 (combining ypogegrammeni, whose case fold is a letter) matches no alternative at all, so
 it is dropped like whitespace. The literal texts ``<start_of_text>`` / ``<end_of_text>``
 are matched by the reference pattern too and become the special ids (``<ſtart_of_text>``
@@ -60,6 +65,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from .unicode_classes import LETTERS, NUMBERS, UNICODE_VERSION, WHITE_SPACE, onig_class
+
 __all__ = ["ClipTokenizer", "WordPieceTokenizer", "clean_text", "byte_to_unicode_table"]
 
 START_TOKEN = "<start_of_text>"
@@ -75,18 +82,18 @@ _N_MERGES = CLIP_VOCAB_SIZE - 2 * 256 - 2
 # The reference matches case-insensitively: the contractions list every character that
 # matches them that way (U+017F long s folds to "s").
 _CONTRACTIONS = r"'[sSſ]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]"
-# Letters and digits that the reference's ``regex`` module (Unicode 17) knows but
-# tokenizers' Oniguruma (Unicode 16) does not; tests/test_tokenize.py compares the split
-# over every code point with the installed ``regex``.
-_LETTERS_EXTRA = r"\x{88f}\x{c5c}\x{cdc}\x{a7ce}-\x{a7cf}\x{a7d2}\x{a7d4}\x{a7f1}\x{10940}-\x{10959}\x{10ec5}-\x{10ec7}\x{11db0}-\x{11ddb}\x{16ea0}-\x{16eb8}\x{16ebb}-\x{16ed3}\x{16ff2}-\x{16ff3}\x{187f8}-\x{187ff}\x{18d09}-\x{18d1e}\x{18d80}-\x{18df2}\x{1e6c0}-\x{1e6de}\x{1e6e0}-\x{1e6e2}\x{1e6e4}-\x{1e6e5}\x{1e6e7}-\x{1e6ed}\x{1e6f0}-\x{1e6f4}\x{1e6fe}-\x{1e6ff}\x{2b73a}-\x{2b73f}\x{2cea2}-\x{2cead}\x{323b0}-\x{33479}"
-_DIGITS_EXTRA = r"\x{11de0}-\x{11de9}\x{16ff4}-\x{16ff6}"
+# Letters, numbers and white space by cliprt's fixed Unicode version (cliprt.unicode_classes),
+# spelled out rather than as \p{L} / \p{N} / \s, which follow the Unicode tables of the
+# regex engine: tokenizers' Oniguruma and the reference's ``regex`` module each carry their own.
+_LETTERS = onig_class(LETTERS)
+_NUMBERS = onig_class(NUMBERS)
 _PIECE_PATTERN = (
     _CONTRACTIONS
-    + r"|[\p{L}" + _LETTERS_EXTRA + r"]+"
-    + r"|[\p{N}" + _DIGITS_EXTRA + r"]"
+    + "|[" + _LETTERS + "]+"
+    + "|[" + _NUMBERS + "]"
     # U+0345 folds to a letter, so the case-insensitive negated class excludes it while
     # the letter class does not take it: it matches nothing and is dropped.
-    + r"|[^\s\p{L}\p{N}" + _LETTERS_EXTRA + _DIGITS_EXTRA + r"\x{345}]+"
+    + "|[^" + onig_class(WHITE_SPACE) + _LETTERS + _NUMBERS + r"\x{345}]+"
 )
 # The reference also matches the special-token texts, case-insensitively. In lower-cased
 # text the only other spelling that matches is "<ſtart_of_text>" (U+017F folds to "s"); it
@@ -748,6 +755,9 @@ class ClipTokenizer:
     cache (it starts over when a batch begins with more words, or more than 16 ids per
     allowed word, in it). Safe to call from several threads.
     """
+
+    #: the Unicode version by which characters are letters, numbers or space in the split
+    unicode_version = UNICODE_VERSION
 
     def __init__(self, tokenizer, context_length: int = DEFAULT_CONTEXT_LENGTH,
                  cache_words: int = 1 << 18):
