@@ -49,3 +49,43 @@ def sha256_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class SourceUnavailable(Exception):
+    """A source spec names a family this installation of cliprt cannot export."""
+
+
+SOURCE_KINDS = {"open_clip": ("cliprt.export.open_clip_family", "from_open_clip"),
+                "hf": ("cliprt.export.hf", "from_hf"),
+                "st": ("cliprt.export.sentence_transformers", "from_sentence_transformers")}
+
+
+def load_source(spec: str, checkpoint: Optional[str] = None, pretrained: Optional[str] = None) -> "ExportSource":
+    """An `ExportSource` from a spec: ``open_clip:CONFIG`` (weights from ``checkpoint`` or the
+    ``pretrained`` tag, else random init), ``hf:PATH`` or ``st:PATH``. Raises ValueError for
+    a malformed spec, `SourceUnavailable` when the family's adapter is not installed."""
+    import importlib
+
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"source {spec!r} must be open_clip:CONFIG, hf:PATH or st:PATH")
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"unknown source kind {kind!r} in {spec!r} (expected open_clip:, hf: or st:)")
+    if checkpoint and pretrained:
+        raise ValueError("give a checkpoint or a pretrained tag, not both")
+    if kind != "open_clip" and (checkpoint or pretrained):
+        raise ValueError("--checkpoint/--pretrained apply to open_clip: sources only")
+    mod_name, fn_name = SOURCE_KINDS[kind]
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name == mod_name:
+            raise SourceUnavailable(f"{kind}: sources are not available in this cliprt ({mod_name} is missing)") \
+                from None
+        raise
+    fn = getattr(mod, fn_name, None)
+    if fn is None:
+        raise SourceUnavailable(f"{kind}: sources are not available in this cliprt ({mod_name}.{fn_name} is missing)")
+    if kind == "open_clip":
+        return fn(rest, checkpoint=checkpoint, pretrained=pretrained)
+    return fn(rest)

@@ -331,3 +331,14 @@ def test_b1_default_candidate_pool(k, r):
     """b1 keeps max(640, 4k) candidates by default rather than growing R*k linearly."""
     assert cliprt.Index(DIM, "cosine", "b1").default_rescore_for(k) == r
     assert cliprt.Index(DIM, "cosine", "i8").default_rescore_for(k) == 2
+
+
+def test_storage_specs():
+    from cliprt.index import parse_storage_spec
+
+    assert parse_storage_spec("i8") == ("i8", None)
+    assert parse_storage_spec("b1@0") == ("b1", 0)
+    assert parse_storage_spec("bf16@12") == ("bf16", 12)
+    for bad in ("", "int8", "i8@", "i8@-1", "b1@x", "@2", "f32@1@2"):
+        with pytest.raises(ValueError, match="unknown storage"):
+            parse_storage_spec(bad)

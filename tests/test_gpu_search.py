@@ -71,14 +71,12 @@ def _emulation_skip_reason():
 @pytest.mark.parametrize("part", ["kernels", "index"])
 def test_device_code_under_cpu_emulation(part, tmp_path):
     """The CUDA kernels, and the whole device index on an emulated runtime, checked against
-    the CPU core on a CPU emulation of CUDA (kernels/testing/): runs without a GPU."""
+    the CPU core on a CPU emulation of CUDA (tests/cuda_emulation/): runs without a GPU."""
     reason = _emulation_skip_reason()
     if reason:
         pytest.skip(f"kernel emulation: {reason}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = os.path.join(root, "kernels", "testing", "run_emulation.sh")
-    if not os.path.exists(script):
-        pytest.skip("kernel emulation: kernels/testing is not in this checkout")
+    script = os.path.join(root, "tests", "cuda_emulation", "run_emulation.sh")
     proc = subprocess.run(["bash", script, part], capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

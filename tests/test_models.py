@@ -132,3 +132,14 @@ def test_invalid_manifest_is_rejected_with_the_field(tmp_path, edit, match):
 def test_package_error_is_a_value_error():
     with pytest.raises(ValueError):
         parse_manifest([])
+
+
+def test_export_source_specs_are_checked_before_any_import():
+    from cliprt.export.source import load_source
+
+    for bad, match in (("ViT-B-32", "must be open_clip:CONFIG"), ("open_clip:", "must be open_clip:CONFIG"),
+                       ("tf:model", "unknown source kind"), ("hf:x", "apply to open_clip")):
+        with pytest.raises(ValueError, match=match):
+            load_source(bad, checkpoint="w.pt" if bad.startswith("hf:") else None)
+    with pytest.raises(ValueError, match="not both"):
+        load_source("open_clip:ViT-B-32", checkpoint="w.pt", pretrained="openai")

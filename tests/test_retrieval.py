@@ -182,3 +182,18 @@ def test_retriever(collection, enc):
         bare.search_image(images[2], where={"label": "dog"})
     with pytest.raises(ValueError, match="65-d vectors"):
         Retriever(enc, cliprt.Index(enc.dim + 1))
+
+
+def test_retriever_search_takes_text_image_or_both(collection, enc):
+    col, images, _, _ = collection
+    r = Retriever(enc, col)
+    ids = lambda hits: [(h.id, round(h.score, 5)) for h in hits]  # noqa: E731
+    assert ids(r.search("a dog", k=4)) == ids(r.search_text("a dog", k=4))
+    assert ids(r.search(image=images[7], k=4)) == ids(r.search_image(images[7], k=4))
+    assert ids(r.search("a dog", images[7], k=4, alpha=0.3)) == ids(r.search_composed(images[7], "a dog", 0.3, k=4))
+    assert ids(r.search("a dog", k=20, where={"label": "dog"})) == ids(r.search_text("a dog", k=20,
+                                                                                    where={"label": "dog"}))
+    with pytest.raises(ValueError, match="text query, an image, or both"):
+        r.search()
+    with pytest.raises(ValueError, match="text query, an image, or both"):
+        r.search("", None)

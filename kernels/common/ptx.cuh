@@ -5,7 +5,7 @@
 // 16 * (i / 2) + 4 * t .. + 3 of the 32-byte k-slice; B register i holds column g, bytes
 // 16 * i + 4 * t .. + 3; accumulator c holds row g + 8 * (c / 2), column 2 * t + c % 2.
 // bf16 (2 bytes) and int8 (1 byte) share that byte layout, so one ldmatrix addressing
-// serves both. (kernels/testing/ holds a CPU emulation of this header for kernel tests.)
+// serves both. (tests/cuda_emulation/ holds a CPU emulation of this header for kernel tests.)
 #pragma once
 #include <cstdint>
 

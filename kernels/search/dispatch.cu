@@ -41,36 +41,12 @@ ScanPlan plan_scan(Storage storage, int nq) {
 }
 
 void launch_scan(Storage storage, const ScanPlan& plan, const ScanParams& p, int device, cudaStream_t stream) {
-#define CLIPRT_CASE(family, S, T)                 \
-  if (storage == Storage::S && plan.tile == T) { \
-    family::run<Storage::S, T>(p, device, stream); \
-    return;                                       \
+#define CLIPRT_SCAN_INSTANCE(family, S, T)                                        \
+  if (plan.mma == family::kTensorCores && storage == Storage::S && plan.tile == T) { \
+    family::run<Storage::S, T>(p, device, stream);                                  \
+    return;                                                                         \
   }
-  if (!plan.mma) {
-    CLIPRT_CASE(simt, F32, 1)
-    CLIPRT_CASE(simt, F32, 8)
-    CLIPRT_CASE(simt, F32, 32)
-    CLIPRT_CASE(simt, F16, 1)
-    CLIPRT_CASE(simt, F16, 8)
-    CLIPRT_CASE(simt, F16, 32)
-    CLIPRT_CASE(simt, BF16, 1)
-    CLIPRT_CASE(simt, BF16, 8)
-    CLIPRT_CASE(simt, I8, 1)
-    CLIPRT_CASE(simt, I8, 8)
-    CLIPRT_CASE(simt, B1, 1)
-    CLIPRT_CASE(simt, B1, 8)
-  } else {
-    CLIPRT_CASE(mma, BF16, 32)
-    CLIPRT_CASE(mma, BF16, 64)
-    CLIPRT_CASE(mma, BF16, 128)
-    CLIPRT_CASE(mma, I8, 32)
-    CLIPRT_CASE(mma, I8, 64)
-    CLIPRT_CASE(mma, I8, 128)
-    CLIPRT_CASE(mma, B1, 32)
-    CLIPRT_CASE(mma, B1, 64)
-    CLIPRT_CASE(mma, B1, 128)
-  }
-#undef CLIPRT_CASE
+#include "search/scan_instances.def"
   throw Error("internal error: no scan kernel for this plan");
 }
 

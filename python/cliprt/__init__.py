@@ -3,13 +3,14 @@ from cliprt._core import FormatError
 from cliprt.index import Index, build_info
 
 __all__ = ["Index", "FormatError", "build_info", "Encoder", "ModelPackage", "ZeroShotClassifier", "Retriever",
-           "Collection", "ImageError"]
+           "Collection", "ImageError", "ingest", "IngestReport"]
 __version__ = build_info()["version"]
 
 # The encoder side needs onnxruntime, Pillow and tokenizers (the `encode` extra): imported on
 # first use, so `import cliprt` stays light and works with the index alone.
 _LAZY = {"Encoder": "cliprt.encode", "ModelPackage": "cliprt.models", "ZeroShotClassifier": "cliprt.zeroshot",
-         "Retriever": "cliprt.retrieval", "Collection": "cliprt.collection", "ImageError": "cliprt.preprocess"}
+         "Retriever": "cliprt.retrieval", "Collection": "cliprt.collection", "ImageError": "cliprt.preprocess",
+         "ingest": "cliprt.ingestion", "IngestReport": "cliprt.ingestion"}
 
 
 def __getattr__(name):

@@ -157,6 +157,13 @@ class Collection:
                 "INSERT OR REPLACE INTO failures (key, path, size, mtime, error) VALUES (?, ?, ?, ?, ?)",
                 [(f["key"], f.get("path"), f.get("size"), f.get("mtime"), f["error"]) for f in failures])
 
+    def ingest(self, source, encoder, **kwargs):
+        """Embeds what is new or changed in ``source`` into this collection and commits:
+        ``cliprt.ingest(self, source, encoder, **kwargs)`` (returns its IngestReport)."""
+        from .ingestion import ingest
+
+        return ingest(self, source, encoder, **kwargs)
+
     def commit(self) -> None:
         """Index first, metadata second (see the module notes)."""
         with self._lock:

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from ._progress import progress_bar
 from .models import ModelPackage, Manifest
 from .pipeline import ItemError, prepare_batches
 from .runtime import TowerSession, check_providers, default_threads
@@ -193,7 +194,7 @@ class Encoder:
         name = self.manifest.towers["image"].inputs[0]
         from .preprocess import describe_item
 
-        bar = _progress(progress, total if total is not None else _len_or_none(items), "images")
+        bar = progress_bar(progress, total if total is not None else _len_or_none(items), "encoding images", "image")
         inflight = self.inflight
         runner = cf.ThreadPoolExecutor(inflight, thread_name_prefix="cliprt-infer") if inflight > 1 else None
         # batches whose runs are outstanding: one more than the runners, so that a runner that
@@ -297,7 +298,7 @@ class Encoder:
             raise ValueError(f"the text tower needs inputs {missing} that the tokenizer does not produce")
         dynamic = self.manifest.text.dynamic_length
         order = np.argsort(lengths, kind="stable") if dynamic else np.arange(n)
-        bar = _progress(progress, n, "texts")
+        bar = progress_bar(progress, n, "encoding texts", "text")
         try:
             for start in range(0, n, batch_size):
                 rows = order[start:start + batch_size]
@@ -327,12 +328,14 @@ def _slices(n: int, runners: int) -> List[Tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _check_device(device: str) -> str:
-    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if device.startswith("cuda:") and not device[5:].isdigit():
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return device
+def _check_device(device) -> str:
+    """The canonical name ("cpu" or "cuda:N") of a device ("cpu", "cuda", "cuda:N", torch.device)."""
+    from ._device import device_name, parse_device
+
+    try:
+        return device_name(parse_device(device))
+    except TypeError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_backend(backend: Optional[str], device: str) -> str:
@@ -394,13 +397,3 @@ def _len_or_none(items) -> Optional[int]:
         return len(items)
     except TypeError:
         return None
-
-
-def _progress(enabled: bool, total: Optional[int], unit: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit=unit[:-1] if unit.endswith("s") else unit, desc=f"encoding {unit}")

@@ -13,13 +13,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .sources import IMAGE_EXTENSIONS
 
-__all__ = ["load_classification", "zero_shot", "load_captions", "retrieval", "builtin_classnames"]
+__all__ = ["load_classification", "zero_shot", "load_captions", "retrieval", "builtin_classnames",
+           "evaluate_zeroshot", "evaluate_retrieval"]
 
 
 class DataError(ValueError):
@@ -98,12 +100,12 @@ def _topk_exact(scores: np.ndarray, k: int) -> np.ndarray:
 def _topk_index(queries: np.ndarray, database: np.ndarray, k: int, storage: str) -> np.ndarray:
     """`storage`: an index storage, optionally "@R" for the rescoring factor ("b1@0": codes
     only, no exact rescoring; default: the storage's default rescoring)."""
-    from .index import Index
+    from .index import Index, parse_storage_spec
 
-    name, _, r = storage.partition("@")
+    name, rescore = parse_storage_spec(storage)
     ix = Index(database.shape[1], metric="cosine", storage=name)
     ix.add(database)
-    _, ids = ix.search(queries, k=k, rescore=int(r) if r else None)
+    _, ids = ix.search(queries, k=k, rescore=rescore)
     return ids
 
 
@@ -186,3 +188,57 @@ def retrieval(image_emb: np.ndarray, text_emb: np.ndarray, owner: Sequence[int],
         hit = owner[np.clip(i2t[:, :k], 0, None)] == np.arange(len(image_emb))[:, None]
         out[f"image_to_text_r@{k}"] = float(np.mean((hit & (i2t[:, :k] >= 0)).any(axis=1)))
     return out
+
+
+def _check_storages(storages: Sequence[str]) -> List[str]:
+    from .index import parse_storage_spec
+
+    storages = list(storages) or ["f32"]
+    for s in storages:
+        parse_storage_spec(s)
+    return storages
+
+
+def evaluate_zeroshot(encoder, data: str, classnames: Optional[List[str]] = None,
+                      templates: Optional[Sequence[str]] = None, every: int = 0,
+                      storages: Sequence[str] = ("f32",), progress: bool = False) -> Dict[str, object]:
+    """Zero-shot top-1/top-5 of ``encoder`` on the labelled images of ``data`` (see
+    :func:`load_classification`), scored through an index of each storage in ``storages``
+    ("f32", "i8", "b1@0", ...). ``templates``: the prompts (default: the model's own).
+    ``every`` > 0 keeps only the classes whose index is a multiple of it (the held-out
+    protocol of the default model)."""
+    from .zeroshot import class_embeddings, model_templates
+
+    storages = _check_storages(storages)
+    paths, labels, names = load_classification(data, classnames)
+    templates = list(templates) if templates else model_templates(encoder.manifest)
+    classes = [c for c in range(len(names)) if c % every == 0] if every else None
+    t0 = time.perf_counter()
+    emb, idx, errors = encoder.encode_images(paths, on_error="skip", return_errors=True, progress=progress)
+    cls_names = names if classes is None else [names[c] for c in classes]
+    cls_emb = np.zeros((len(names), encoder.dim), np.float32)
+    cls_emb[classes if classes is not None else slice(None)] = class_embeddings(encoder, cls_names, templates)
+    lab = np.asarray(labels)[idx]
+    results: Dict[str, object] = {"kind": "zeroshot", "data": data, "templates": len(templates),
+                                  "failed_images": len(errors), "seconds": round(time.perf_counter() - t0, 2),
+                                  "storage": {s: zero_shot(emb, lab, cls_emb, classes=classes, storage=s)
+                                              for s in storages}}
+    if every:
+        results["classes_kept"] = f"index % {every} == 0"
+    return results
+
+
+def evaluate_retrieval(encoder, data: str, storages: Sequence[str] = ("f32",),
+                       progress: bool = False) -> Dict[str, object]:
+    """Text->image and image->text recall@k of ``encoder`` on the captioned images of
+    ``data`` (see :func:`load_captions`), through an index of each storage."""
+    storages = _check_storages(storages)
+    images, captions, owner = load_captions(data)
+    t0 = time.perf_counter()
+    img, idx, errors = encoder.encode_images(images, on_error="skip", return_errors=True, progress=progress)
+    if errors:
+        raise DataError(f"{len(errors)} evaluation image(s) could not be read, e.g. {errors[0].message}")
+    txt = encoder.encode_texts(captions)
+    return {"kind": "retrieval", "data": data, "images": len(images), "captions": len(captions),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "storage": {s: retrieval(img, txt, owner, storage=s) for s in storages}}

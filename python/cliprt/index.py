@@ -45,6 +45,16 @@ def build_info() -> dict:
     return info
 
 
+def parse_storage_spec(spec: str) -> Tuple[str, Optional[int]]:
+    """A storage with an optional rescoring factor: ``"i8"`` -> ``("i8", None)`` (the
+    storage's default rescoring), ``"b1@0"`` -> ``("b1", 0)`` (codes only, no rescoring)."""
+    name, at, factor = str(spec).partition("@")
+    if name not in STORAGES or (at and not factor.isdigit()):
+        raise ValueError(f"unknown storage {spec!r} (expected one of {', '.join(STORAGES)}, optionally @R for "
+                         "the rescoring factor, e.g. b1@0)")
+    return name, int(factor) if at else None
+
+
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")

@@ -4,12 +4,13 @@
     resolve_model("./my-package")   # any model package directory
 
 The cache root is ``$CLIPRT_HOME`` when set, else ``$XDG_CACHE_HOME/cliprt``, else
-``~/.cache/cliprt``; the default model sits at ``<root>/models/default``. Nothing here
-imports torch or the exporters: resolving a name only looks at the file system.
+``~/.cache/cliprt``; the default model sits at ``<root>/models/default``. Resolving a name
+only looks at the file system; ``build_default`` imports the exporters when called.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from cliprt.models import MANIFEST, ModelPackage
 
@@ -68,3 +69,45 @@ def resolve_model(name_or_path) -> str:
 def load_model(name_or_path) -> ModelPackage:
     """`resolve_model` + `ModelPackage.load`."""
     return ModelPackage.load(resolve_model(name_or_path))
+
+
+def is_built(path=None) -> bool:
+    """Whether a model package (by default the default model) is at ``path``."""
+    return os.path.isfile(os.path.join(path or default_model_dir(), MANIFEST))
+
+
+def build_default(out=None, *, force: bool = False, holdout_every: Optional[int] = None,
+                  progress: bool = False) -> str:
+    """Builds the embedded default model into the cache (or ``out``) and returns its
+    directory; a complete package already there is kept unless ``force``. ``progress``: one
+    bar per build stage on stderr. ``holdout_every`` builds the held-out evaluation variant
+    (see ``cliprt.export.default_model``) and needs its own ``out``. Raises ImportError
+    naming the 'default' extra when it is not installed."""
+    if holdout_every is not None and out is None:
+        raise ValueError("holdout_every builds an evaluation variant: give it its own output directory")
+    missing = "building the default model needs the 'default' extra (pip install 'cliprt[default]')"
+    try:
+        from cliprt.export.default_model import build_default_model
+    except ImportError as e:
+        raise ImportError(f"{missing}: {e}") from None
+    from ._progress import progress_bar
+
+    bars = {"stage": None, "bar": None}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage != bars["stage"]:
+            if bars["bar"] is not None:
+                bars["bar"].close()
+            bars["stage"], bars["bar"] = stage, progress_bar(progress, total, stage, "it")
+        if bars["bar"] is not None:
+            bars["bar"].n = done
+            bars["bar"].refresh()
+
+    try:
+        return os.fspath(build_default_model(out or default_model_dir(), progress=report, force=force,
+                                             holdout_every=holdout_every))
+    except ImportError as e:
+        raise ImportError(f"{missing}: {e}") from None
+    finally:
+        if bars["bar"] is not None:
+            bars["bar"].close()

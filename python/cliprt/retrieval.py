@@ -84,6 +84,17 @@ class Retriever:
             raise ValueError(f"index holds {self.index.dim}-d vectors, the model gives {encoder.dim}-d embeddings")
 
     # ------------------------------------------------------------------ queries
+    def search(self, text: Optional[str] = None, image=None, k: int = 10, *, alpha: float = 0.5,
+               **filters) -> List[Hit]:
+        """A text query, an image, or both (composed: ``alpha`` weighs the text)."""
+        if image is not None and text:
+            return self.search_composed(image, text, alpha=alpha, k=k, **filters)
+        if image is not None:
+            return self.search_image(image, k=k, **filters)
+        if text:
+            return self.search_text(text, k=k, **filters)
+        raise ValueError("give a text query, an image, or both")
+
     def search_text(self, text: str, k: int = 10, *, negative_weight: float = NEGATIVE_WEIGHT, **filters) -> List[Hit]:
         terms = parse_query(text, negative_weight)
         return self.search_weighted(terms, k=k, kinds=["text"] * len(terms), **filters)

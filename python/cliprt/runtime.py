@@ -61,7 +61,9 @@ def _providers(device: str, backend: str) -> List:
         if backend not in ("ort",):
             raise ValueError(f"backend {backend!r} needs device='cuda'")
         return ["CPUExecutionProvider"]
-    device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+    from ._device import parse_device
+
+    device_id = parse_device(device)
     if "CUDAExecutionProvider" not in have:
         raise RuntimeError(f"device={device!r} needs onnxruntime-gpu (the CUDA execution provider); "
                            f"this onnxruntime has {', '.join(have)}")

@@ -1,7 +1,7 @@
 // The whole device index (cliprt::cuda::DeviceIndex: copies, add, remove, the search
 // pipeline with sampling, overflow retries, rescoring and large k) on the emulated runtime
 // (emulated_runtime.cpp), checked against the CPU index. Exit status 0 when every check
-// passes. Build and run: bash kernels/testing/run_emulation.sh index
+// passes. Build and run: bash tests/cuda_emulation/run_emulation.sh index
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

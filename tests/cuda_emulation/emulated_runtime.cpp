@@ -1,5 +1,5 @@
 // The CUDA runtime calls and kernel launchers the device index uses, emulated on the CPU
-// (kernels/testing/cusim.h): one device, host memory as device memory, every stream
+// (tests/cuda_emulation/cusim.h): one device, host memory as device memory, every stream
 // synchronous. Linked instead of cudart and the launcher translation units, it lets the
 // whole DeviceIndex (host orchestration included) run on a machine without a GPU.
 // Launch geometry differs from the real launchers (fewer CTAs), which the kernels allow.
@@ -138,28 +138,7 @@ void run(const ScanParams& p, int, cudaStream_t) {
 
 #define CLIPRT_SCAN_INSTANCE(family, storage, tile) \
   template void family::run<Storage::storage, tile>(const ScanParams&, int, cudaStream_t);
-CLIPRT_SCAN_INSTANCE(simt, F32, 1)
-CLIPRT_SCAN_INSTANCE(simt, F32, 8)
-CLIPRT_SCAN_INSTANCE(simt, F32, 32)
-CLIPRT_SCAN_INSTANCE(simt, F16, 1)
-CLIPRT_SCAN_INSTANCE(simt, F16, 8)
-CLIPRT_SCAN_INSTANCE(simt, F16, 32)
-CLIPRT_SCAN_INSTANCE(simt, BF16, 1)
-CLIPRT_SCAN_INSTANCE(simt, BF16, 8)
-CLIPRT_SCAN_INSTANCE(simt, I8, 1)
-CLIPRT_SCAN_INSTANCE(simt, I8, 8)
-CLIPRT_SCAN_INSTANCE(simt, B1, 1)
-CLIPRT_SCAN_INSTANCE(simt, B1, 8)
-CLIPRT_SCAN_INSTANCE(mma, BF16, 32)
-CLIPRT_SCAN_INSTANCE(mma, BF16, 64)
-CLIPRT_SCAN_INSTANCE(mma, BF16, 128)
-CLIPRT_SCAN_INSTANCE(mma, I8, 32)
-CLIPRT_SCAN_INSTANCE(mma, I8, 64)
-CLIPRT_SCAN_INSTANCE(mma, I8, 128)
-CLIPRT_SCAN_INSTANCE(mma, B1, 32)
-CLIPRT_SCAN_INSTANCE(mma, B1, 64)
-CLIPRT_SCAN_INSTANCE(mma, B1, 128)
-#undef CLIPRT_SCAN_INSTANCE
+#include "search/scan_instances.def"
 
 void encode_rows(const Layout& L, const float* x, int64_t n, std::vector<uint8_t>* codes, std::vector<float>* scales) {
   const size_t rb = L.row_bytes();

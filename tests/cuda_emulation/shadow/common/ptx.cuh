@@ -1,4 +1,4 @@
-// CPU emulation of kernels/common/ptx.cuh (see kernels/testing/cusim.h): same interface.
+// CPU emulation of kernels/common/ptx.cuh (see tests/cuda_emulation/cusim.h): same interface.
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -11,7 +11,7 @@
 //
 // Include this header before anything else in an emulated translation unit, compile with
 // -ffp-contract=off (the kernels' *_rn intrinsics become plain IEEE operations) and put
-// kernels/testing/shadow ahead of kernels/ on the include path.
+// tests/cuda_emulation/shadow ahead of kernels/ on the include path.
 #pragma once
 #define __shared__ static
 #include <cuda_bf16.h>

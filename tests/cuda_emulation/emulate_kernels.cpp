@@ -1,7 +1,7 @@
-// Runs the device kernels under the CPU emulation of kernels/testing/cusim.h and checks them
+// Runs the device kernels under the CPU emulation of tests/cuda_emulation/cusim.h and checks them
 // against the CPU core (codecs, scan scores, top-k order), so kernel logic is tested on
 // machines without a GPU. Exit status 0 when every check passes. Build and run:
-//   bash kernels/testing/run_emulation.sh
+//   bash tests/cuda_emulation/run_emulation.sh
 #include "cusim.h"
 
 #include <cstdio>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs the CPU emulation of the CUDA code (kernels/testing/cusim.h), checking it
+# Builds and runs the CPU emulation of the CUDA code (tests/cuda_emulation/cusim.h), checking it
 # against the CPU core without a GPU:
 #   kernels: each kernel on its own (emulate_kernels.cpp; sections prepare, layout, select,
 #            rescore, simt, mma)
@@ -7,7 +7,7 @@
 #   python:  cliprt._core built on the emulated runtime (one emulated device), then pytest
 #            on the gpu-marked tests with the given arguments (device-array tests skip: no
 #            cupy / torch device there); slow, so pick tests with -k
-# Needs g++ >= 11 and the CUDA headers. Usage: bash kernels/testing/run_emulation.sh
+# Needs g++ >= 11 and the CUDA headers. Usage: bash tests/cuda_emulation/run_emulation.sh
 # [kernels [section] | index [storage] | python [pytest args]]   (default: kernels, index)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,10 +18,10 @@ else  # the include directories nvcc itself uses
 fi
 out="${TMPDIR:-/tmp}/cliprt_emulation"
 mkdir -p "$out"
-cxx=(g++ -std=c++20 -O2 -ffp-contract=off -pthread -w -I kernels/testing/shadow -I kernels -I csrc/include $cuda_inc)
+cxx=(g++ -std=c++20 -O2 -ffp-contract=off -pthread -w -I tests/cuda_emulation/shadow -I kernels -I csrc/include $cuda_inc)
 what="${1:-all}"
 if [ "$what" = all ] || [ "$what" = kernels ]; then
-  "${cxx[@]}" kernels/testing/emulate_kernels.cpp csrc/src/codec.cpp -o "$out/kernels"
+  "${cxx[@]}" tests/cuda_emulation/emulate_kernels.cpp csrc/src/codec.cpp -o "$out/kernels"
   "$out/kernels" "${2:-}"
 fi
 if [ "$what" = all ] || [ "$what" = index ] || [ "$what" = python ]; then
@@ -37,12 +37,12 @@ if [ "$what" = all ] || [ "$what" = index ] || [ "$what" = python ]; then
     "${cxx[@]}" -x c++ -c "kernels/$f.cu" -o "$o" &
     objs+=("$o") pids+=($!)
   done
-  "${cxx[@]}" -c kernels/testing/emulated_runtime.cpp -o "$out/emulated_runtime.o" &
+  "${cxx[@]}" -c tests/cuda_emulation/emulated_runtime.cpp -o "$out/emulated_runtime.o" &
   objs+=("$out/emulated_runtime.o") pids+=($!)
   for p in "${pids[@]}"; do wait "$p"; done
 fi
 if [ "$what" = all ] || [ "$what" = index ]; then
-  "${cxx[@]}" kernels/testing/emulate_index.cpp "${objs[@]}" -o "$out/index"
+  "${cxx[@]}" tests/cuda_emulation/emulate_index.cpp "${objs[@]}" -o "$out/index"
   "$out/index" "${2:-}"
 fi
 if [ "$what" = python ]; then

@@ -1,0 +1,5 @@
+import sys
+
+from cliprt.cli import main
+
+sys.exit(main())
