@@ -54,6 +54,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_simd() -> str:
+    """The SIMD features that pick ONNX Runtime's and cliprt's kernels (int8 dot products above all)."""
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimddp", "i8mm")
+    have = [f for f in wanted if f in flags]
+    missing = [f for f in ("avx512f", "avx512_vnni", "avx_vnni") if f not in flags and "avx2" in flags]
+    return " ".join(have) + (f"; no {', no '.join(missing)}" if missing else "")
+
+
 def git_commit() -> str:
     try:
         return subprocess.check_output(["git", "-C", HERE, "rev-parse", "--short", "HEAD"], text=True).strip()
@@ -262,7 +278,8 @@ def main():
     texts = captions(args.texts)
     threads = args.threads or None
     os.makedirs(args.work, exist_ok=True)
-    results = {"cpu": cpu_name(), "cores": os.cpu_count(), "commit": git_commit(), "images": len(paths),
+    results = {"cpu": cpu_name(), "simd": cpu_simd(), "cores": os.cpu_count(), "commit": git_commit(),
+               "images": len(paths),
                "texts": len(texts), "repeats": args.repeats, "rows": [], "parity": [], "preprocess": {}}
     big_dir = tempfile.mkdtemp(prefix="cliprt-big-")
     big = upscaled(paths[:32], big_dir)
@@ -288,7 +305,8 @@ def write(results, out_md, out_json):
     with open(out_json, "w") as f:
         json.dump(results, f, indent=1)
     L = [f"# Encoding throughput, end to end (commit {results['commit']})", "",
-         f"CPU: {results['cpu']}, {results['cores']} cores. {results['images']} JPEGs from the ImageNet sample, "
+         f"CPU: {results['cpu']}, {results['cores']} cores ({results.get('simd', 'SIMD features not recorded')}). "
+         f"{results['images']} JPEGs from the ImageNet sample, "
          f"{results['texts']} captions; median of {results['repeats']} passes. Random-init open_clip weights "
          "(seed 0), the same in every engine.", "",
          "## Images/s (from JPEG files)", "",

@@ -501,35 +501,6 @@ def _is_replaceable(path: str) -> bool:
         return False
 
 
-def _int8_text(source, pkg_dir: str) -> Dict[str, Any]:
-    """Derives text.int8.onnx (ONNX Runtime dynamic int8, MatMul) and keeps it only when it
-    reproduces PyTorch at the int8 threshold on the verification captions, one batch and
-    batches of 1/3/17 alike. Returns the verification record for the manifest."""
-    from cliprt.models import variant_file
-
-    from .pipeline import TEXT_FILE, _to_int8
-    from .verify import BATCH_SIZES, CAPTIONS, THRESHOLDS, _chunked, _cosines, _ort_run, _ort_session, _torch_run
-
-    fp32 = os.path.join(pkg_dir, TEXT_FILE)
-    path = os.path.join(pkg_dir, variant_file(TEXT_FILE, "int8"))
-    _to_int8(fp32, path)
-    tok = source.tokenize(CAPTIONS)
-    arrays = [np.asarray(tok[k], np.int64) for k in source.text_inputs]
-    ref = _torch_run(source.text_tower, arrays)
-    sess = _ort_session(path, "int8")
-    out = _ort_run(sess, source.text_inputs, arrays)
-    cos = _cosines(ref, out)
-    n = len(arrays[0])
-    batch_cos = min(float(_cosines(_chunked(sess, source.text_inputs, arrays, n, b), out).min()) for b in BATCH_SIZES)
-    record = {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-              "max_abs_error": float(np.abs(ref - out).max()), "batch_min_cosine": batch_cos,
-              "threshold": THRESHOLDS["int8"]}
-    record["passed"] = record["min_cosine"] >= record["threshold"] and batch_cos >= record["threshold"]
-    if not record["passed"]:
-        os.remove(path)
-    return record
-
-
 def _make_readable(path: str) -> None:
     """The staging directories are private (mkdtemp: 0700); the package gets the usual
     permissions for a new directory under the process umask."""
@@ -577,23 +548,14 @@ def build_default_model(out_dir, progress: Optional[Progress] = None, verify_ima
     stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.build-", dir=parent)
     try:
         pkg_dir = os.path.join(stage, "pkg")
-        _report(progress, "export", 0, 1)
-        export_package(source, pkg_dir, precisions=("fp32",), verify=True, verify_images=verify_images)
-        _report(progress, "export", 1, 1)
-        pkg = ModelPackage.load(pkg_dir)
-        m = pkg.manifest
-        provenance = dict(m.provenance)
-        towers = dict(m.towers)
-        if int8:
-            _report(progress, "verify", 0, 1)
-            record = _int8_text(source, pkg_dir)
-            provenance["verification"] = dict(provenance["verification"])
-            provenance["verification"]["text.int8"] = record
-            if record["passed"]:
-                towers["text"] = dataclasses.replace(towers["text"], precisions=("fp32", "int8"))
-            _report(progress, "verify", 1, 1)
-        provenance["build_seconds"] = round(time.perf_counter() - t0, 1)
-        write_manifest(pkg_dir, dataclasses.replace(m, provenance=provenance, towers=towers))
+        # the text tower's int8 variant is optional: kept only if it verifies
+        precisions = {"image": ("fp32",), "text": ("fp32", "int8") if int8 else ("fp32",)}
+        export_package(source, pkg_dir, precisions=precisions, optional=("int8",), verify=True,
+                       verify_images=verify_images, progress=lambda stage_: _report(progress, stage_, 0, 1))
+        _report(progress, "verify", 1, 1)
+        m = ModelPackage.load(pkg_dir).manifest
+        provenance = dict(m.provenance, build_seconds=round(time.perf_counter() - t0, 1))
+        write_manifest(pkg_dir, dataclasses.replace(m, provenance=provenance))
         ModelPackage.load(pkg_dir)
         if os.path.exists(out_dir):
             if not force and is_complete(out_dir, holdout_every):   # another build finished first

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +31,10 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000     # protobuf's limit is 2 GiB: larger mod
 
 class ExportError(RuntimeError):
     """The source cannot be exported as asked."""
+
+
+# one list of precisions for every tower, or a list per tower ({"image": [...], "text": [...]})
+Precisions = Union[Sequence[str], Mapping[str, Sequence[str]]]
 
 
 def exporter_versions() -> Dict[str, str]:
@@ -51,7 +55,34 @@ def exporter_versions() -> Dict[str, str]:
     return versions
 
 
-def _check_source(source: ExportSource, precisions: Sequence[str]) -> None:
+def tower_precisions(source: ExportSource, precisions: Precisions) -> Dict[str, Tuple[str, ...]]:
+    """Precisions per tower of ``source``, in PRECISIONS order, fp32 always first: from one
+    list for every tower, or from a mapping ``{"image": [...], "text": [...]}`` (a tower
+    not named gets fp32 alone)."""
+    present = [t for t, m in (("image", source.image_tower), ("text", source.text_tower)) if m is not None]
+    for t, ps in (precisions.items() if isinstance(precisions, Mapping) else [("every", precisions)]):
+        if isinstance(ps, str):
+            raise ExportError(f"precisions ({t} tower) must be a list such as ['fp32', 'int8'], got {ps!r}")
+    if isinstance(precisions, Mapping):
+        unknown = sorted(set(precisions) - {"image", "text"})
+        if unknown:
+            raise ExportError(f"precisions name unknown towers {unknown}; expected 'image' and/or 'text'")
+        absent = sorted(set(precisions) - set(present))
+        if absent:
+            raise ExportError(f"precisions name towers the source has not: {absent}")
+        wanted = {t: tuple(precisions.get(t, ())) for t in present}
+    else:
+        wanted = {t: tuple(precisions or ()) for t in present}
+    out: Dict[str, Tuple[str, ...]] = {}
+    for t, ps in wanted.items():
+        bad = [p for p in ps if p not in PRECISIONS]
+        if bad:
+            raise ExportError(f"unknown precision(s) {bad}; expected some of {PRECISIONS}")
+        out[t] = tuple(p for p in PRECISIONS if p == "fp32" or p in ps)
+    return out
+
+
+def _check_source(source: ExportSource, precisions: Dict[str, Tuple[str, ...]], optional: Sequence[str]) -> None:
     if source.image_tower is None and source.text_tower is None:
         raise ExportError(f"export source {source.name!r} has neither an image nor a text tower")
     if source.image_tower is not None and source.image_spec is None:
@@ -69,11 +100,10 @@ def _check_source(source: ExportSource, precisions: Sequence[str]) -> None:
             raise ExportError(f"tokenizer file name {name!r} must be a relative path inside the package")
         if not os.path.isfile(path):
             raise ExportError(f"tokenizer file {path!r} does not exist")
-    bad = [p for p in precisions if p not in PRECISIONS]
+    bad = [p for p in optional if p not in PRECISIONS or p == "fp32"]
     if bad:
-        raise ExportError(f"unknown precision(s) {bad}; expected some of {PRECISIONS}")
-    if "fp32" not in precisions:
-        raise ExportError("precisions must include fp32 (the reference variant every package holds)")
+        raise ExportError(f"optional precision(s) {bad}: only reduced precisions ({PRECISIONS[1:]}) can be optional; "
+                          "fp32 is the reference variant every package holds")
 
 
 @contextlib.contextmanager
@@ -235,14 +265,15 @@ def _to_int8(fp32_path: str, out_path: str) -> None:
                      use_external_data_format=os.path.getsize(fp32_path) > _EXTERNAL_DATA_BYTES)
 
 
-def build_manifest(source: ExportSource, precisions: Sequence[str], opset: int,
+def build_manifest(source: ExportSource, precisions: Precisions, opset: int,
                    verification: Optional[Dict[str, Any]] = None) -> Manifest:
+    per_tower = tower_precisions(source, precisions)
     towers: Dict[str, TowerSpec] = {}
     if source.image_tower is not None:
-        towers["image"] = TowerSpec(file=IMAGE_FILE, precisions=tuple(precisions), inputs=(IMAGE_INPUT,),
+        towers["image"] = TowerSpec(file=IMAGE_FILE, precisions=per_tower["image"], inputs=(IMAGE_INPUT,),
                                     output=OUTPUT)
     if source.text_tower is not None:
-        towers["text"] = TowerSpec(file=TEXT_FILE, precisions=tuple(precisions),
+        towers["text"] = TowerSpec(file=TEXT_FILE, precisions=per_tower["text"],
                                    inputs=tuple(source.text_inputs), output=OUTPUT)
     provenance = dict(source.provenance)
     provenance["exporter"] = dict(exporter_versions(), opset=opset)
@@ -257,45 +288,59 @@ def build_manifest(source: ExportSource, precisions: Sequence[str], opset: int,
         description=source.description)
 
 
-def export_package(source: ExportSource, out_dir, precisions: Sequence[str] = ("fp32",), verify: bool = True,
-                   verify_images: Optional[str] = None, opset: int = 17, overwrite: bool = False) -> VerifyReport:
+def export_package(source: ExportSource, out_dir, precisions: Precisions = ("fp32",), verify: bool = True,
+                   verify_images: Optional[str] = None, opset: int = 17, overwrite: bool = False,
+                   optional: Sequence[str] = (), progress: Optional[Callable[[str], None]] = None) -> VerifyReport:
     """Exports `source` as a model package at `out_dir` and returns the verification report.
+
+    `precisions`: the variants to write, for every tower (``("fp32", "int8")``) or per tower
+    (``{"image": ["fp32"], "text": ["fp32", "int8"]}``); fp32 is always written. `optional`:
+    reduced precisions (e.g. ``("int8",)``) kept only on the towers where they verify: a
+    tower's optional variant that fails is removed from the package (its record stays in the
+    manifest's verification) instead of refusing the export. `progress(stage)` is called as
+    the stages "export" and "verify" begin.
 
     Raises `ParityError` (from cliprt.export.verify) when an exported tower does not match
     PyTorch within the thresholds, `ExportError` when the source cannot be exported; in
     either case nothing is left at `out_dir`. `out_dir` must not exist unless `overwrite`."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    precisions = tuple(dict.fromkeys(["fp32"] + list(precisions))) if precisions else ("fp32",)
-    precisions = tuple(p for p in PRECISIONS if p in precisions) + tuple(p for p in precisions if p not in PRECISIONS)
-    _check_source(source, precisions)
+    per_tower = tower_precisions(source, precisions)
+    _check_source(source, per_tower, optional)
+    optional_names = [f"{t}.{p}" for t, ps in per_tower.items() for p in ps if p in optional]
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir!r} already exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
     try:
+        if progress is not None:
+            progress("export")
         files = {"image": IMAGE_FILE, "text": TEXT_FILE}
         if source.image_tower is not None:
             _export_image(source, os.path.join(tmp, IMAGE_FILE), opset)
         if source.text_tower is not None:
             _export_text(source, os.path.join(tmp, TEXT_FILE), opset)
-        present = [t for t, m in (("image", source.image_tower), ("text", source.text_tower)) if m is not None]
-        for t in present:
+        for t, ps in per_tower.items():
             fp32 = os.path.join(tmp, files[t])
-            if "fp16" in precisions:
+            if "fp16" in ps:
                 _to_fp16(fp32, os.path.join(tmp, variant_file(files[t], "fp16")))
-            if "int8" in precisions:
+            if "int8" in ps:
                 _to_int8(fp32, os.path.join(tmp, variant_file(files[t], "int8")))
         for name, src in source.tokenizer_files.items():
             dst = os.path.join(tmp, name)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copyfile(src, dst)
-        write_manifest(tmp, build_manifest(source, precisions, opset))
+        write_manifest(tmp, build_manifest(source, per_tower, opset))
         ModelPackage.load(tmp)      # the package must read back before anything else
         if verify:
-            report = verify_package(source, tmp, precisions, images=verify_images)
+            if progress is not None:
+                progress("verify")
+            report = verify_package(source, tmp, images=verify_images, optional=optional_names)
             report.check()
-            write_manifest(tmp, build_manifest(source, precisions, opset, report.summary()))
+            for r in report.dropped():
+                os.remove(os.path.join(tmp, variant_file(files[r.tower], r.precision)))
+                per_tower[r.tower] = tuple(p for p in per_tower[r.tower] if p != r.precision)
+            write_manifest(tmp, build_manifest(source, per_tower, opset, report.summary()))
         else:
             report = VerifyReport(name=source.name, images="-", verified=False)
         ModelPackage.load(tmp)

@@ -95,14 +95,24 @@ class VerifyReport:
     results: List[TowerResult] = dataclasses.field(default_factory=list)
     problems: List[str] = dataclasses.field(default_factory=list)   # failures other than parity
     verified: bool = True
+    # "tower.precision" of optional variants: kept in a package only where they verify, so
+    # their failures do not fail the report (the export drops them instead)
+    optional: List[str] = dataclasses.field(default_factory=list)
+
+    def _required(self) -> List[TowerResult]:
+        return [r for r in self.results if f"{r.tower}.{r.precision}" not in self.optional]
 
     @property
     def passed(self) -> bool:
-        return not self.problems and all(r.passed for r in self.results)
+        return not self.problems and all(r.passed for r in self._required())
+
+    def dropped(self) -> List[TowerResult]:
+        """The optional variants that did not verify."""
+        return [r for r in self.results if f"{r.tower}.{r.precision}" in self.optional and not r.passed]
 
     def failures(self) -> List[str]:
         out = list(self.problems)
-        for r in self.results:
+        for r in self._required():
             if r.min_cosine < r.threshold:
                 out.append(f"{r.tower} {r.precision}: min cosine {r.min_cosine:.7f} < {r.threshold}")
             if r.batch_min_cosine < r.threshold:
@@ -122,12 +132,22 @@ class VerifyReport:
                 "results": [r.to_json() for r in self.results]}
 
     def summary(self) -> Dict[str, Any]:
-        """Compact form recorded in the manifest's provenance."""
-        return {"images": self.images, "passed": self.passed,
-                "results": {f"{r.tower}.{r.precision}": {"min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine,
-                                                         "max_abs_error": r.max_abs_error,
-                                                         "top1_agreement": r.top1_agreement}
-                            for r in self.results}}
+        """Compact form recorded in the manifest's provenance: the variants the package keeps
+        under "results"; each optional variant also beside them under its "tower.precision"
+        name, with its batch agreement, threshold and whether it passed (and so was kept)."""
+        kept = [r for r in self.results if r not in self.dropped()]
+        out: Dict[str, Any] = {
+            "images": self.images, "passed": self.passed,
+            "results": {f"{r.tower}.{r.precision}": {"min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine,
+                                                     "max_abs_error": r.max_abs_error,
+                                                     "top1_agreement": r.top1_agreement}
+                        for r in kept}}
+        for r in self.results:
+            if f"{r.tower}.{r.precision}" in self.optional:
+                out[f"{r.tower}.{r.precision}"] = {
+                    "min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine, "max_abs_error": r.max_abs_error,
+                    "batch_min_cosine": r.batch_min_cosine, "threshold": r.threshold, "passed": r.passed}
+        return out
 
     def table(self) -> str:
         if not self.verified:
@@ -137,9 +157,10 @@ class VerifyReport:
                  f"{'top-1':>6s} {'batch cos':>11s} {'need':>8s}  ok"]
         for r in self.results:
             top1 = "-" if r.top1_agreement is None else f"{r.top1_agreement:.3f}"
+            ok = "yes" if r.passed else ("no, dropped (optional)" if f"{r.tower}.{r.precision}" in self.optional
+                                         else "NO")
             lines.append(f"{r.tower:6s} {r.precision:5s} {r.n:3d} {r.min_cosine:11.8f} {r.mean_cosine:11.8f} "
-                         f"{r.max_abs_error:10.3e} {top1:>6s} {r.batch_min_cosine:11.8f} {r.threshold:8.5f}  "
-                         f"{'yes' if r.passed else 'NO'}")
+                         f"{r.max_abs_error:10.3e} {top1:>6s} {r.batch_min_cosine:11.8f} {r.threshold:8.5f}  {ok}")
         for p in self.problems:
             lines.append(f"problem: {p}")
         return "\n".join(lines)
@@ -234,13 +255,16 @@ def _trim_padding(arrays: List[np.ndarray], pad_id: int) -> List[np.ndarray]:
     return [a[:, :length] for a in arrays]
 
 
-def verify_package(source, package_dir: str, precisions: Sequence[str] = ("fp32",),
-                   images: Optional[str] = None, seed: int = 0) -> VerifyReport:
-    """Compares every tower and precision of the package in `package_dir` against the source's
-    PyTorch towers. Returns the report; call `.check()` to raise on failure."""
+def verify_package(source, package_dir: str, precisions: Optional[Sequence[str]] = None,
+                   images: Optional[str] = None, seed: int = 0, optional: Sequence[str] = ()) -> VerifyReport:
+    """Compares every tower of the package in `package_dir`, at each precision the manifest
+    lists for it (only those in `precisions`, when given), against the source's PyTorch
+    towers. `optional`: "tower.precision" names whose failure does not fail the report.
+    Returns the report; call `.check()` to raise on failure."""
     pkg = ModelPackage.load(package_dir)
     m = pkg.manifest
-    report = VerifyReport(name=source.name, images="synthetic (seeded)" if images is None else images)
+    report = VerifyReport(name=source.name, images="synthetic (seeded)" if images is None else images,
+                          optional=list(optional))
 
     inputs: Dict[str, List[np.ndarray]] = {}
     names: Dict[str, Sequence[str]] = {}
@@ -270,13 +294,12 @@ def verify_package(source, package_dir: str, precisions: Sequence[str] = ("fp32"
         if m.normalized and np.abs(norms - 1).max() > 1e-3:
             report.problems.append(f"{t} tower output is not L2-normalised (norms {norms.min():.4f}..{norms.max():.4f})")
 
-    for precision in precisions:
-        ort_out: Dict[str, np.ndarray] = {}
-        batch_cos: Dict[str, float] = {}
-        for t in inputs:
+    for t in inputs:
+        for precision in m.towers[t].precisions:
+            if precisions is not None and precision not in precisions:
+                continue
             sess = _ort_session(pkg.tower_file(t, precision), precision)
             out = _ort_run(sess, names[t], inputs[t])
-            ort_out[t] = out
             # dynamic batch: 1, 3 and 17 rows at a time against one batch of the same rows
             n = min(max(BATCH_SIZES), len(inputs[t][0]))
             reps = -(-max(BATCH_SIZES) // len(inputs[t][0]))
@@ -290,22 +313,19 @@ def verify_package(source, package_dir: str, precisions: Sequence[str] = ("fp32"
             if t == "text" and m.text is not None and m.text.dynamic_length:
                 trimmed = _trim_padding(arrs, m.text.pad_id)
                 worst = min(worst, float(_cosines(_ort_run(sess, names[t], trimmed), whole).min()))
-            batch_cos[t] = worst
-        for t in inputs:
-            cos = _cosines(ref[t], ort_out[t])
+            cos = _cosines(ref[t], out)
             top1 = None
             if len(inputs) == 2:
-                img_ref, txt_ref = ref["image"], ref["text"]
-                # swap in this tower's ORT output, keep the other tower's PyTorch output
-                img_ort = ort_out["image"] if t == "image" else ref["image"]
-                txt_ort = ort_out["text"] if t == "text" else ref["text"]
-                a = np.argmax(img_ref @ txt_ref.T, axis=1)
-                b = np.argmax(img_ort @ txt_ort.T, axis=1)
-                top1 = float(np.mean(a == b))
+                # this tower's ORT output against the other tower's PyTorch output
+                img, txt = (out, ref["text"]) if t == "image" else (ref["image"], out)
+                a = np.argmax(ref["image"] @ ref["text"].T, axis=1)
+                top1 = float(np.mean(a == np.argmax(img @ txt.T, axis=1)))
             report.results.append(TowerResult(
                 tower=t, precision=precision, n=len(cos), min_cosine=float(cos.min()),
-                mean_cosine=float(cos.mean()), max_abs_error=float(np.abs(ref[t] - ort_out[t]).max()),
-                top1_agreement=top1, batch_min_cosine=batch_cos[t], threshold=THRESHOLDS[precision]))
+                mean_cosine=float(cos.mean()), max_abs_error=float(np.abs(ref[t] - out).max()),
+                top1_agreement=top1, batch_min_cosine=worst, threshold=THRESHOLDS[precision]))
+    order = {p: i for i, p in enumerate(THRESHOLDS)}
+    report.results.sort(key=lambda r: (order.get(r.precision, len(order)), r.tower != "image"))
     return report
 
 

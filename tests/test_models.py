@@ -143,3 +143,24 @@ def test_export_source_specs_are_checked_before_any_import():
             load_source(bad, checkpoint="w.pt" if bad.startswith("hf:") else None)
     with pytest.raises(ValueError, match="not both"):
         load_source("open_clip:ViT-B-32", checkpoint="w.pt", pretrained="openai")
+
+
+def test_export_precisions_per_tower():
+    from cliprt.export.pipeline import ExportError, tower_precisions
+    from cliprt.export.source import ExportSource
+
+    both = ExportSource(name="x", family="open_clip", provenance={}, embed_dim=4, scoring="softmax",
+                        logit_scale=1.0, logit_bias=0.0, image_tower=object(), text_tower=object())
+    text_only = ExportSource(name="t", family="sentence-transformers", provenance={}, embed_dim=4,
+                             scoring="softmax", logit_scale=1.0, logit_bias=0.0, text_tower=object())
+    assert tower_precisions(both, ("int8",)) == {"image": ("fp32", "int8"), "text": ("fp32", "int8")}
+    assert tower_precisions(both, ()) == {"image": ("fp32",), "text": ("fp32",)}
+    assert tower_precisions(both, {"text": ["int8", "fp16", "fp32"]}) == {"image": ("fp32",),
+                                                                          "text": ("fp32", "fp16", "int8")}
+    assert tower_precisions(text_only, ["fp16"]) == {"text": ("fp32", "fp16")}
+    for bad, match in ((["int4"], "unknown precision"), ({"audio": ["fp32"]}, "unknown towers"),
+                       ({"text": "int8"}, "must be a list"), ("int8", "must be a list")):
+        with pytest.raises(ExportError, match=match):
+            tower_precisions(both, bad)
+    with pytest.raises(ExportError, match="has not"):
+        tower_precisions(text_only, {"image": ["fp32"]})
