@@ -26,7 +26,6 @@ Packages are exported once into --work (reused when present).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform

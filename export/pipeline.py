@@ -82,7 +82,7 @@ def tower_precisions(source: ExportSource, precisions: Precisions) -> Dict[str, 
     return out
 
 
-def _check_source(source: ExportSource, precisions: Dict[str, Tuple[str, ...]], optional: Sequence[str]) -> None:
+def _check_source(source: ExportSource, optional: Sequence[str]) -> None:
     if source.image_tower is None and source.text_tower is None:
         raise ExportError(f"export source {source.name!r} has neither an image nor a text tower")
     if source.image_tower is not None and source.image_spec is None:
@@ -100,6 +100,8 @@ def _check_source(source: ExportSource, precisions: Dict[str, Tuple[str, ...]], 
             raise ExportError(f"tokenizer file name {name!r} must be a relative path inside the package")
         if not os.path.isfile(path):
             raise ExportError(f"tokenizer file {path!r} does not exist")
+    if isinstance(optional, str):
+        raise ExportError(f"optional must be a list of precisions such as ['int8'], got {optional!r}")
     bad = [p for p in optional if p not in PRECISIONS or p == "fp32"]
     if bad:
         raise ExportError(f"optional precision(s) {bad}: only reduced precisions ({PRECISIONS[1:]}) can be optional; "
@@ -305,7 +307,7 @@ def export_package(source: ExportSource, out_dir, precisions: Precisions = ("fp3
     either case nothing is left at `out_dir`. `out_dir` must not exist unless `overwrite`."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     per_tower = tower_precisions(source, precisions)
-    _check_source(source, per_tower, optional)
+    _check_source(source, optional)
     optional_names = [f"{t}.{p}" for t, ps in per_tower.items() for p in ps if p in optional]
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir!r} already exists (pass overwrite=True / --overwrite to replace it)")

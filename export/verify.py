@@ -135,7 +135,8 @@ class VerifyReport:
         """Compact form recorded in the manifest's provenance: the variants the package keeps
         under "results"; each optional variant also beside them under its "tower.precision"
         name, with its batch agreement, threshold and whether it passed (and so was kept)."""
-        kept = [r for r in self.results if r not in self.dropped()]
+        dropped = self.dropped()
+        kept = [r for r in self.results if r not in dropped]
         out: Dict[str, Any] = {
             "images": self.images, "passed": self.passed,
             "results": {f"{r.tower}.{r.precision}": {"min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine,

@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Union
 
 from ._progress import progress_bar
 from .sources import SourceError, SourceItem, iter_source

@@ -23,7 +23,7 @@ provider sees a handful of shapes (TensorRT builds one engine per profile).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 

@@ -20,12 +20,13 @@ and ``tests/test_tokenize.py`` checks the shipped file against that package.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sys
 from typing import Iterable, List, Sequence, Tuple
 
-__all__ = ["UNICODE_VERSION", "LETTERS", "NUMBERS", "WHITE_SPACE", "from_ucd", "onig_class"]
+__all__ = ["UNICODE_VERSION", "LETTERS", "NUMBERS", "WHITE_SPACE", "from_ucd", "onig_class", "contains"]
 
 Ranges = Tuple[Tuple[int, int], ...]
 
@@ -71,8 +72,7 @@ def onig_class(ranges: Sequence[Tuple[int, int]]) -> str:
 
 
 def contains(ranges: Sequence[Tuple[int, int]], code_point: int) -> bool:
-    import bisect
-
+    """Whether ``code_point`` lies in one of the sorted, disjoint ``ranges``."""
     i = bisect.bisect_right(ranges, (code_point, sys.maxunicode + 1)) - 1
     return i >= 0 and ranges[i][0] <= code_point <= ranges[i][1]
 
