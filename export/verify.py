@@ -79,6 +79,11 @@ class TowerResult:
     threshold: float
 
     @property
+    def key(self) -> str:
+        """"tower.precision", the name of this variant in reports and manifests."""
+        return f"{self.tower}.{self.precision}"
+
+    @property
     def passed(self) -> bool:
         return self.min_cosine >= self.threshold and self.batch_min_cosine >= self.threshold
 
@@ -100,7 +105,7 @@ class VerifyReport:
     optional: List[str] = dataclasses.field(default_factory=list)
 
     def _required(self) -> List[TowerResult]:
-        return [r for r in self.results if f"{r.tower}.{r.precision}" not in self.optional]
+        return [r for r in self.results if r.key not in self.optional]
 
     @property
     def passed(self) -> bool:
@@ -108,7 +113,7 @@ class VerifyReport:
 
     def dropped(self) -> List[TowerResult]:
         """The optional variants that did not verify."""
-        return [r for r in self.results if f"{r.tower}.{r.precision}" in self.optional and not r.passed]
+        return [r for r in self.results if r.key in self.optional and not r.passed]
 
     def failures(self) -> List[str]:
         out = list(self.problems)
@@ -139,13 +144,13 @@ class VerifyReport:
         kept = [r for r in self.results if r not in dropped]
         out: Dict[str, Any] = {
             "images": self.images, "passed": self.passed,
-            "results": {f"{r.tower}.{r.precision}": {"min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine,
+            "results": {r.key: {"min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine,
                                                      "max_abs_error": r.max_abs_error,
                                                      "top1_agreement": r.top1_agreement}
                         for r in kept}}
         for r in self.results:
-            if f"{r.tower}.{r.precision}" in self.optional:
-                out[f"{r.tower}.{r.precision}"] = {
+            if r.key in self.optional:
+                out[r.key] = {
                     "min_cosine": r.min_cosine, "mean_cosine": r.mean_cosine, "max_abs_error": r.max_abs_error,
                     "batch_min_cosine": r.batch_min_cosine, "threshold": r.threshold, "passed": r.passed}
         return out
@@ -158,7 +163,7 @@ class VerifyReport:
                  f"{'top-1':>6s} {'batch cos':>11s} {'need':>8s}  ok"]
         for r in self.results:
             top1 = "-" if r.top1_agreement is None else f"{r.top1_agreement:.3f}"
-            ok = "yes" if r.passed else ("no, dropped (optional)" if f"{r.tower}.{r.precision}" in self.optional
+            ok = "yes" if r.passed else ("no, dropped (optional)" if r.key in self.optional
                                          else "NO")
             lines.append(f"{r.tower:6s} {r.precision:5s} {r.n:3d} {r.min_cosine:11.8f} {r.mean_cosine:11.8f} "
                          f"{r.max_abs_error:10.3e} {top1:>6s} {r.batch_min_cosine:11.8f} {r.threshold:8.5f}  {ok}")
