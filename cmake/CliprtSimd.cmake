@@ -7,7 +7,9 @@ function(cliprt_add_simd_variants target)
       COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mpopcnt")
     set_source_files_properties(csrc/src/cpu/scan_avx512.cpp PROPERTIES
       COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mavx512bf16;-mavx512vpopcntdq;-mfma;-mf16c;-mpopcnt")
-    target_compile_definitions(${target} PRIVATE CLIPRT_HAVE_X86_VARIANTS=1)
+    target_compile_definitions(${target} PUBLIC CLIPRT_HAVE_X86_VARIANTS=1)
+  else()
+    target_compile_definitions(${target} PUBLIC CLIPRT_HAVE_X86_VARIANTS=0)
   endif()
 endfunction()
 

@@ -1,14 +1,14 @@
-// pybind11 bindings of the device index: array checks, GIL release, exception translation
-// (module.cpp's translator). Device arrays arrive as raw pointers that python/cliprt/_device.py
-// extracted (DLPack / __cuda_array_interface__), already float32, C-contiguous and on the
-// index's device; outputs for device queries are allocated there too.
+// pybind11 bindings of the device index: its part of index_api.h (the methods both index
+// classes share) and the copies to and from the CPU index. Device arrays arrive as
+// python/cliprt/_device.py DeviceRows: raw pointers it extracted (DLPack /
+// __cuda_array_interface__), already float32, C-contiguous and on the index's device;
+// outputs for device queries are allocated by the queries' library, through DeviceRows.outputs.
 #include "cuda_index.h"
 
-#if defined(CLIPRT_WITH_CUDA)
-#include <pybind11/numpy.h>
-#include <pybind11/stl.h>
-
+#if CLIPRT_WITH_CUDA
 #include <optional>
+
+#include "index_api.h"
 
 #include "cliprt/codec.h"
 #include "cliprt/errors.h"
@@ -19,50 +19,99 @@
 namespace py = pybind11;
 
 namespace cliprt {
+namespace cuda {
+
+using bind::F32Array;
+using bind::I64Array;
+
 namespace {
+// Device rows from python/cliprt/_device.py (anything that is not a numpy array).
+struct DeviceRowsArg {
+  const float* ptr;
+  int64_t n;
+  std::optional<uintptr_t> producer;  // the stream that produced them, when no stream was given
+};
 
-using cuda::DeviceIndex;
-using F32Array = py::array_t<float, py::array::c_style>;
-using I64Array = py::array_t<int64_t, py::array::c_style>;
-
-void require_rows(const py::array& a, int64_t dim, const char* what) {
-  if (a.ndim() != 2)
-    throw ValueError(std::string(what) + " must be 2-D (n, dim), got " + std::to_string(a.ndim()) + "-D");
-  if (a.shape(1) != dim)
-    throw ValueError(std::string(what) + " have dim " + std::to_string(a.shape(1)) + ", index has dim " +
-                     std::to_string(dim));
-}
-
-I64Array optional_ids(const py::object& ids, int64_t n, const char* what) {
-  I64Array arr = ids.cast<I64Array>();
-  if (arr.ndim() != 1 || (n >= 0 && arr.shape(0) != n))
-    throw ValueError(std::string(what) + " must be a 1-D array" +
-                     (n >= 0 ? " with one id per vector (" + std::to_string(n) + ")" : std::string(" of ids")));
-  return arr;
-}
-
-I64Array to_array(const std::vector<int64_t>& v) {
-  I64Array r(int64_t(v.size()));
-  std::copy(v.begin(), v.end(), r.mutable_data());
+DeviceRowsArg device_rows_arg(const py::object& x) {
+  DeviceRowsArg r;
+  r.ptr = reinterpret_cast<const float*>(x.attr("ptr").cast<uintptr_t>());
+  r.n = x.attr("n").cast<int64_t>();
+  r.producer = x.attr("producer").cast<std::optional<uintptr_t>>();
   return r;
 }
-
-void set_allow(cuda::DeviceSearchRequest& req, const py::object& allow, I64Array* keep) {
-  if (allow.is_none()) return;
-  *keep = optional_ids(allow, -1, "allow");
-  req.allow = keep->data();
-  req.n_allow = keep->shape(0);
-  req.has_allow = true;
-}
-
 }  // namespace
 
+// The device index's part of index_api.h: host arrays or device rows.
+I64Array add_rows(DeviceIndex& d, const py::object& vectors, const py::object& ids, bind::Stream stream) {
+  const bool on_device = !py::isinstance<py::array>(vectors);
+  F32Array host;
+  DeviceRowsArg dev{};
+  if (on_device) {
+    dev = device_rows_arg(vectors);
+    if (!stream) stream = dev.producer;
+  } else {
+    host = bind::host_rows(vectors, d.dim(), "vectors");
+  }
+  const int64_t n = on_device ? dev.n : host.shape(0);
+  I64Array id_arr;
+  if (!ids.is_none()) id_arr = bind::id_array(ids, n, "ids");
+  std::vector<int64_t> out;
+  {
+    py::gil_scoped_release release;
+    out = d.add(on_device ? dev.ptr : host.data(), n, on_device, ids.is_none() ? nullptr : id_arr.data(),
+                stream.has_value(), stream.value_or(0));
+  }
+  return bind::to_array(out);
+}
+
+py::tuple search_rows(const DeviceIndex& d, const py::object& queries, const SearchParams& p, bind::Stream stream) {
+  DeviceSearchRequest req;
+  req.params = p;
+  req.has_stream = stream.has_value();
+  req.stream = stream.value_or(0);
+  const ResolvedSearch rs = resolve_search(p, d.storage(), d.keep_originals());  // sizes the outputs
+  py::object scores, ids;
+  if (py::isinstance<py::array>(queries)) {
+    const F32Array q = bind::host_rows(queries, d.dim(), "queries");
+    req.queries = q.data();
+    req.nq = q.shape(0);
+    F32Array s({req.nq, rs.k});
+    I64Array i({req.nq, rs.k});
+    req.out_scores = s.mutable_data();
+    req.out_ids = i.mutable_data();
+    scores = s;
+    ids = i;
+    py::gil_scoped_release release;
+    d.search(req);
+  } else {
+    const DeviceRowsArg q = device_rows_arg(queries);
+    req.queries = q.ptr;
+    req.nq = q.n;
+    req.queries_on_device = true;
+    req.has_producer = !stream && q.producer;
+    req.producer = q.producer.value_or(0);
+    // (scores, ids, scores_ptr, ids_ptr): arrays of the queries' library on their device
+    const py::tuple out = queries.attr("outputs")(rs.k);
+    scores = out[0];
+    ids = out[1];
+    req.out_scores = reinterpret_cast<float*>(out[2].cast<uintptr_t>());
+    req.out_ids = reinterpret_cast<int64_t*>(out[3].cast<uintptr_t>());
+    req.out_on_device = true;
+    py::gil_scoped_release release;
+    d.search(req);
+  }
+  return py::make_tuple(scores, ids);
+}
+
+}  // namespace cuda
+
 void register_cuda_index(py::module_& m) {
-  py::class_<DeviceIndex>(m, "CudaIndex")
-      .def(py::init([](int device, int dim, const std::string& metric, const std::string& storage, bool keep) {
-             return std::make_unique<DeviceIndex>(device, dim, parse_metric(metric), parse_storage(storage), keep);
-           }),
-           py::arg("device"), py::arg("dim"), py::arg("metric"), py::arg("storage"), py::arg("keep_originals"))
+  using cuda::DeviceIndex;
+  py::class_<DeviceIndex> cls(m, "CudaIndex");
+  cls.def(py::init([](int device, int dim, const std::string& metric, const std::string& storage, bool keep) {
+            return std::make_unique<DeviceIndex>(device, dim, parse_metric(metric), parse_storage(storage), keep);
+          }),
+          py::arg("device"), py::arg("dim"), py::arg("metric"), py::arg("storage"), py::arg("keep_originals"))
       .def_static(
           "from_index",
           [](const Index& ix, int device) {
@@ -75,112 +124,8 @@ void register_cuda_index(py::module_& m) {
              py::gil_scoped_release release;
              return d.to_host();
            })
-      .def(
-          "add_host",
-          [](DeviceIndex& d, const F32Array& x, py::object ids) {
-            require_rows(x, d.dim(), "vectors");
-            const int64_t n = x.shape(0);
-            I64Array id_arr;
-            if (!ids.is_none()) id_arr = optional_ids(ids, n, "ids");
-            std::vector<int64_t> out;
-            {
-              py::gil_scoped_release release;
-              out = d.add(x.data(), n, false, ids.is_none() ? nullptr : id_arr.data(), false, 0);
-            }
-            return to_array(out);
-          },
-          py::arg("vectors"), py::arg("ids") = py::none())
-      .def(
-          "add_device",
-          [](DeviceIndex& d, uintptr_t x, int64_t n, py::object ids, std::optional<uintptr_t> stream) {
-            I64Array id_arr;
-            if (!ids.is_none()) id_arr = optional_ids(ids, n, "ids");
-            std::vector<int64_t> out;
-            {
-              py::gil_scoped_release release;
-              out = d.add(reinterpret_cast<const float*>(x), n, true, ids.is_none() ? nullptr : id_arr.data(),
-                          stream.has_value(), stream.value_or(0));
-            }
-            return to_array(out);
-          },
-          py::arg("vectors_ptr"), py::arg("n"), py::arg("ids"), py::arg("stream"))
-      .def(
-          "search_host",
-          [](const DeviceIndex& d, const F32Array& q, int64_t k, int rescore, py::object allow,
-             std::optional<uintptr_t> stream) {
-            require_rows(q, d.dim(), "queries");
-            if (k <= 0) throw ValueError("k must be positive, got " + std::to_string(k));
-            const int64_t nq = q.shape(0);
-            cuda::DeviceSearchRequest req;
-            req.queries = q.data();
-            req.nq = nq;
-            req.k = k;
-            req.rescore = rescore;
-            I64Array allow_arr;
-            set_allow(req, allow, &allow_arr);
-            req.has_stream = stream.has_value();
-            req.stream = stream.value_or(0);
-            F32Array scores({nq, k});
-            I64Array ids({nq, k});
-            req.out_scores = scores.mutable_data();
-            req.out_ids = ids.mutable_data();
-            {
-              py::gil_scoped_release release;
-              d.search(req);
-            }
-            return py::make_tuple(scores, ids);
-          },
-          py::arg("queries"), py::arg("k"), py::arg("rescore"), py::arg("allow"), py::arg("stream"))
-      .def(
-          "search_device",
-          [](const DeviceIndex& d, uintptr_t q, int64_t nq, int64_t k, int rescore, py::object allow,
-             std::optional<uintptr_t> stream, std::optional<uintptr_t> producer, uintptr_t out_scores,
-             uintptr_t out_ids) {
-            if (k <= 0) throw ValueError("k must be positive, got " + std::to_string(k));
-            cuda::DeviceSearchRequest req;
-            req.queries = reinterpret_cast<const float*>(q);
-            req.nq = nq;
-            req.queries_on_device = true;
-            req.k = k;
-            req.rescore = rescore;
-            I64Array allow_arr;
-            set_allow(req, allow, &allow_arr);
-            req.has_stream = stream.has_value();
-            req.stream = stream.value_or(0);
-            req.has_producer = producer.has_value();
-            req.producer = producer.value_or(0);
-            req.out_scores = reinterpret_cast<float*>(out_scores);
-            req.out_ids = reinterpret_cast<int64_t*>(out_ids);
-            req.out_on_device = true;
-            py::gil_scoped_release release;
-            d.search(req);
-          },
-          py::arg("queries_ptr"), py::arg("nq"), py::arg("k"), py::arg("rescore"), py::arg("allow"),
-          py::arg("stream"), py::arg("producer"), py::arg("out_scores_ptr"), py::arg("out_ids_ptr"))
-      .def("remove",
-           [](DeviceIndex& d, const I64Array& ids) {
-             py::gil_scoped_release release;
-             return d.remove(ids.data(), ids.size());
-           })
-      .def("contains", &DeviceIndex::contains)
-      .def("ids", [](const DeviceIndex& d) { return to_array(d.ids()); })
-      .def("reconstruct",
-           [](const DeviceIndex& d, const I64Array& ids) {
-             F32Array out({int64_t(ids.size()), int64_t(d.dim())});
-             float* po = out.mutable_data();
-             {
-               py::gil_scoped_release release;
-               d.reconstruct(ids.data(), ids.size(), po);
-             }
-             return out;
-           })
-      .def("__len__", &DeviceIndex::size)
-      .def_property_readonly("device", &DeviceIndex::device)
-      .def_property_readonly("dim", &DeviceIndex::dim)
-      .def_property_readonly("metric", [](const DeviceIndex& d) { return std::string(metric_name(d.metric())); })
-      .def_property_readonly("storage", [](const DeviceIndex& d) { return std::string(storage_name(d.storage())); })
-      .def_property_readonly("keep_originals", &DeviceIndex::keep_originals)
-      .def_property_readonly("memory_bytes", &DeviceIndex::memory_bytes);
+      .def_property_readonly("device", &DeviceIndex::device);
+  bind::def_index_api<DeviceIndex>(cls);
 
   m.def(
       "cuda_set_debug",

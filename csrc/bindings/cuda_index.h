@@ -3,6 +3,8 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include "cliprt/features.h"
+
 namespace cliprt {
 void register_cuda_index(pybind11::module_& m);
 }

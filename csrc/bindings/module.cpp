@@ -1,5 +1,6 @@
-// pybind11 bindings: array checks, GIL release around compute, exception translation.
-// Argument normalisation (dtype casts, defaults) lives in python/cliprt/index.py.
+// pybind11 bindings: the module, exception translation, the CPU index (its shared methods in
+// index_api.h), build facts and codec hooks. Argument normalisation (dtype casts, Python
+// types) lives in python/cliprt/index.py; argument rules in the C++ entry points.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,45 +11,39 @@
 #include "cliprt/scan.h"
 #include "cliprt/codec.h"
 #include "cuda_index.h"
-#if defined(CLIPRT_WITH_CUDA)
+#include "index_api.h"
+#if CLIPRT_WITH_CUDA
 #include "common/device.h"
 #include "quant/encode.h"
 #endif
 
 namespace py = pybind11;
 using namespace cliprt;
+using bind::F32Array;
+using bind::I64Array;
 
-namespace {
+namespace cliprt {
 
-using F32Array = py::array_t<float, py::array::c_style>;
-using I64Array = py::array_t<int64_t, py::array::c_style>;
-
-void require_2d(const py::array& a, int64_t dim, const char* what) {
-  if (a.ndim() != 2)
-    throw ValueError(std::string(what) + " must be 2-D (n, dim), got " + std::to_string(a.ndim()) + "-D");
-  if (a.shape(1) != dim)
-    throw ValueError(std::string(what) + " have dim " + std::to_string(a.shape(1)) + ", index has dim " +
-                     std::to_string(dim));
+// The CPU index's part of index_api.h: host arrays only; stream is not used.
+I64Array add_rows(Index& ix, const py::object& vectors, const py::object& ids, bind::Stream) {
+  const F32Array x = bind::host_rows(vectors, ix.dim(), "vectors");
+  const int64_t n = x.shape(0);
+  I64Array id_arr;
+  if (!ids.is_none()) id_arr = bind::id_array(ids, n, "ids");
+  std::vector<int64_t> out;
+  {
+    py::gil_scoped_release release;
+    out = ix.add(x.data(), n, ids.is_none() ? nullptr : id_arr.data());
+  }
+  return bind::to_array(out);
 }
 
-py::tuple search(const Index& ix, const F32Array& q, int64_t k, int rescore, py::object allow, int threads) {
-  require_2d(q, ix.dim(), "queries");
-  SearchParams p;
-  p.k = k;
-  p.rescore = rescore;
-  p.threads = threads;
-  I64Array allow_arr;
-  if (!allow.is_none()) {
-    allow_arr = allow.cast<I64Array>();
-    if (allow_arr.ndim() != 1) throw ValueError("allow must be a 1-D array of ids");
-    p.allow = allow_arr.data();
-    p.n_allow = allow_arr.shape(0);
-    p.has_allow = true;
-  }
-  if (k <= 0) throw ValueError("k must be positive, got " + std::to_string(k));
+py::tuple search_rows(const Index& ix, const py::object& queries, const SearchParams& p, bind::Stream) {
+  const F32Array q = bind::host_rows(queries, ix.dim(), "queries");
+  const ResolvedSearch rs = resolve_search(p, ix.storage(), ix.keep_originals());  // sizes the outputs
   const int64_t nq = q.shape(0);
-  F32Array scores({nq, k});
-  I64Array ids({nq, k});
+  F32Array scores({nq, rs.k});
+  I64Array ids({nq, rs.k});
   float* ps = scores.mutable_data();
   int64_t* pi = ids.mutable_data();
   {
@@ -58,7 +53,7 @@ py::tuple search(const Index& ix, const F32Array& q, int64_t k, int rescore, py:
   return py::make_tuple(scores, ids);
 }
 
-}  // namespace
+}  // namespace cliprt
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cliprt native core";
@@ -81,58 +76,12 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  py::class_<Index>(m, "Index")
+  py::class_<Index> index(m, "Index");
+  index
       .def(py::init([](int dim, const std::string& metric, const std::string& storage, bool keep) {
              return std::make_unique<Index>(dim, parse_metric(metric), parse_storage(storage), keep);
            }),
            py::arg("dim"), py::arg("metric"), py::arg("storage"), py::arg("keep_originals"))
-      .def("add",
-           [](Index& ix, const F32Array& x, py::object ids) {
-             require_2d(x, ix.dim(), "vectors");
-             const int64_t n = x.shape(0);
-             I64Array id_arr;
-             const int64_t* idp = nullptr;
-             if (!ids.is_none()) {
-               id_arr = ids.cast<I64Array>();
-               if (id_arr.ndim() != 1 || id_arr.shape(0) != n)
-                 throw ValueError("ids must be a 1-D array with one id per vector (" + std::to_string(n) + ")");
-               idp = id_arr.data();
-             }
-             std::vector<int64_t> out;
-             {
-               py::gil_scoped_release release;
-               out = ix.add(x.data(), n, idp);
-             }
-             I64Array r(int64_t(out.size()));
-             std::copy(out.begin(), out.end(), r.mutable_data());
-             return r;
-           },
-           py::arg("vectors"), py::arg("ids") = py::none())
-      .def("search", &search, py::arg("queries"), py::arg("k"), py::arg("rescore"), py::arg("allow"),
-           py::arg("threads"))
-      .def("remove",
-           [](Index& ix, const I64Array& ids) {
-             py::gil_scoped_release release;
-             return ix.remove(ids.data(), ids.size());
-           })
-      .def("reconstruct",
-           [](const Index& ix, const I64Array& ids) {
-             F32Array out({int64_t(ids.size()), int64_t(ix.dim())});
-             float* po = out.mutable_data();
-             {
-               py::gil_scoped_release release;
-               ix.reconstruct(ids.data(), ids.size(), po);
-             }
-             return out;
-           })
-      .def("contains", &Index::contains)
-      .def("ids",
-           [](const Index& ix) {
-             auto v = ix.ids();
-             I64Array r(int64_t(v.size()));
-             std::copy(v.begin(), v.end(), r.mutable_data());
-             return r;
-           })
       .def("save",
            [](Index& ix, const std::string& path) {
              py::gil_scoped_release release;
@@ -152,14 +101,17 @@ PYBIND11_MODULE(_core, m) {
              py::gil_scoped_release release;
              ix.verify();
            })
-      .def("__len__", &Index::size)
-      .def_property_readonly("dim", &Index::dim)
-      .def_property_readonly("metric", [](const Index& ix) { return std::string(metric_name(ix.metric())); })
-      .def_property_readonly("storage", [](const Index& ix) { return std::string(storage_name(ix.storage())); })
-      .def_property_readonly("keep_originals", &Index::keep_originals)
-      .def_property_readonly("num_segments", &Index::num_segments)
-      .def_property_readonly("memory_bytes", &Index::memory_bytes);
+      .def_property_readonly("device", [](const Index&) { return py::none(); })
+      .def_property_readonly("num_segments", &Index::num_segments);
+  bind::def_index_api<Index>(index);
 
+  m.def(
+      "default_rescore",
+      [](const std::string& storage, bool keep_originals, int64_t k) {
+        return default_rescore(parse_storage(storage), keep_originals, k);
+      },
+      py::arg("storage"), py::arg("keep_originals"), py::arg("k"),
+      "The oversampling R a search uses at this k when rescore is not given (index.h).");
   m.def("build_info", [] {
     BuildInfo b = build_info();
     py::dict d;
@@ -173,7 +125,7 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("cuda_device_count", [] {
-#if defined(CLIPRT_WITH_CUDA)
+#if CLIPRT_WITH_CUDA
     return cuda::device_count();
 #else
     return 0;
@@ -196,7 +148,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x"), py::arg("storage"));
   m.def("cuda_encode_rows",
         [](const F32Array& x, const std::string& storage) {
-#if defined(CLIPRT_WITH_CUDA)
+#if CLIPRT_WITH_CUDA
           if (x.ndim() != 2) throw ValueError("x must be 2-D (n, dim)");
           const Layout L = make_layout(parse_storage(storage), int(x.shape(1)));
           std::vector<uint8_t> codes;

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "cliprt/features.h"
 #include "cliprt/mapped_file.h"
 #include "cliprt/scan.h"
 
@@ -29,7 +30,7 @@ BuildInfo build_info() {
   b.simd_compiled = compiled_variants();
   b.simd_available = available_variants();
   b.simd_selected = active_kernels().name;
-#if defined(CLIPRT_WITH_CUDA)
+#if CLIPRT_WITH_CUDA
   b.cuda = true;
 #endif
   b.cuda_archs = CLIPRT_CUDA_ARCHS;

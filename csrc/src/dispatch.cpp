@@ -10,7 +10,7 @@ namespace {
 
 bool cpu_supports(const std::string& name) {
   if (name == "scalar") return true;
-#if defined(CLIPRT_HAVE_X86_VARIANTS)
+#if CLIPRT_HAVE_X86_VARIANTS
   __builtin_cpu_init();
   if (name == "avx2")
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
@@ -25,7 +25,7 @@ bool cpu_supports(const std::string& name) {
 
 const ScanKernels* by_name(const std::string& name) {
   if (name == "scalar") return &scalar_kernels();
-#if defined(CLIPRT_HAVE_X86_VARIANTS)
+#if CLIPRT_HAVE_X86_VARIANTS
   if (name == "avx2") return &avx2_kernels();
   if (name == "avx512") return &avx512_kernels();
 #endif
@@ -51,7 +51,7 @@ std::mutex g_mu;
 }  // namespace
 
 std::vector<std::string> compiled_variants() {
-#if defined(CLIPRT_HAVE_X86_VARIANTS)
+#if CLIPRT_HAVE_X86_VARIANTS
   return {"scalar", "avx2", "avx512"};
 #else
   return {"scalar"};

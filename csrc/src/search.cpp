@@ -137,150 +137,196 @@ std::vector<std::vector<ScanSource>> split_work(const std::vector<ScanSource>& a
 
 }  // namespace
 
-class IndexSearcher {
- public:
-  static void run(const Index& ix, const float* q, int64_t nq, const SearchParams& p,
-                  float* out_scores, int64_t* out_ids);
-};
-
-void IndexSearcher::run(const Index& ix, const float* qin, int64_t nq, const SearchParams& p,
-                        float* out_scores, int64_t* out_ids) {
-  const int D = ix.dim_;
-  const Layout& L = ix.layout_;
-  if (p.k <= 0) throw ValueError("k must be positive, got " + std::to_string(p.k));
-  if (p.rescore < 0) throw ValueError("rescore must be >= 0");
-  if (p.rescore > 0 && !ix.keep_originals_)
-    throw ValueError("rescore needs the original vectors: create the index with keep_originals=True");
-  std::vector<float> qn;
-  const float* q = ix.prepare_rows(qin, nq, false, &qn);
-  if (nq == 0) return;
-
-  std::shared_lock<RwLock> lock(ix.mu_);
-  const ScanKernels& K = active_kernels();
-  const int64_t live = ix.live_;
-  const int64_t kc_raw = p.rescore > 0 ? p.k * p.rescore : p.k;
-  const int64_t kc = std::max<int64_t>(1, std::min<int64_t>(kc_raw, live));
-
-  // Build the work list: whole segments (deleted rows skipped inside the scan), or the
-  // allowed rows only.
-  std::vector<ScanSource> work;
-  std::vector<std::vector<uint64_t>> masks;
-  Segment gathered;
-  std::vector<int64_t> gathered_locs;
-  if (p.has_allow) {
-    ix.ensure_id_map();
-    std::vector<int64_t> locs;
-    locs.reserve(size_t(std::min<int64_t>(p.n_allow, live)));
-    for (int64_t i = 0; i < p.n_allow; ++i) {
-      const int64_t loc = ix.id_map_.find(p.allow[i]);
-      if (loc >= 0) locs.push_back(loc);
-    }
-    std::sort(locs.begin(), locs.end());
-    locs.erase(std::unique(locs.begin(), locs.end()), locs.end());
-    if (int64_t(locs.size()) * 8 < live) {
-      // Selective filter: gather the allowed rows into a compact packed run.
-      const int64_t n = int64_t(locs.size());
-      gathered.layout = L;
-      gathered.codes_buf.grow(size_t(blocks_for_rows(n)) * L.block_bytes(), 0);
-      gathered.ids_buf.grow(size_t(n) * 8 + 8, 0);
-      if (L.has_scale()) gathered.scale_buf.grow(size_t(blocks_for_rows(n)) * kBlockRows * 4, 0);
-      std::vector<uint8_t> code(L.row_bytes());
-      auto* gids = reinterpret_cast<int64_t*>(gathered.ids_buf.data());
-      auto* gscale = reinterpret_cast<float*>(gathered.scale_buf.data());
-      for (int64_t i = 0; i < n; ++i) {
-        const Segment& s = *ix.segments_[size_t(loc_segment(locs[size_t(i)]))];
-        const int64_t r = loc_row(locs[size_t(i)]);
-        gather_row(L, s.codes, r, code.data());
-        scatter_row(L, code.data(), gathered.codes_buf.data(), i);
-        gids[i] = s.ids[r];
-        if (gscale) gscale[i] = s.scale[r];
-      }
-      gathered_locs = std::move(locs);
-      if (n > 0)
-        work.push_back({gathered.codes_buf.data(), gscale, gids, gathered_locs.data(), nullptr, 0, n, 0,
-                        blocks_for_rows(n)});
-    } else {
-      masks.resize(ix.segments_.size());
-      for (size_t si = 0; si < ix.segments_.size(); ++si)
-        masks[si].assign((size_t(ix.segments_[si]->rows) + 63) / 64 + 1, ~uint64_t(0));
-      for (int64_t loc : locs) {
-        const int64_t r = loc_row(loc);
-        masks[size_t(loc_segment(loc))][size_t(r >> 6)] &= ~(uint64_t(1) << (r & 63));
-      }
-      for (size_t si = 0; si < ix.segments_.size(); ++si) {
-        const Segment& s = *ix.segments_[si];
-        if (s.rows > 0)
-          work.push_back({s.codes, s.scale, s.ids, nullptr, masks[si].data(), int64_t(si), s.rows, 0,
-                          blocks_for_rows(s.rows)});
-      }
-    }
-  } else {
-    for (size_t si = 0; si < ix.segments_.size(); ++si) {
-      const Segment& s = *ix.segments_[si];
-      if (s.rows == 0 || s.n_deleted == s.rows) continue;
-      work.push_back({s.codes, s.scale, s.ids, nullptr, s.n_deleted ? s.deleted.data() : nullptr,
-                      int64_t(si), s.rows, 0, blocks_for_rows(s.rows)});
+// The default oversampling per storage at k = 10 (b1's grows as the pool floor / k); where
+// these come from: benchmarks/results/search_cpu.md and b1_scoring.md.
+int default_rescore(Storage storage, bool keep_originals, int64_t k) {
+  if (k < 1) throw ValueError("k must be >= 1, got " + std::to_string(k));
+  if (!keep_originals) return 0;
+  switch (storage) {
+    case Storage::F32: return 0;
+    case Storage::F16:
+    case Storage::BF16:
+    case Storage::I8: return 2;
+    case Storage::B1: {
+      constexpr int64_t kB1Pool = 640;  // candidates kept at least
+      return int(std::max<int64_t>(4, (kB1Pool + k - 1) / k));
     }
   }
+  return 0;
+}
 
+ResolvedSearch resolve_search(const SearchParams& p, Storage storage, bool keep_originals) {
+  ResolvedSearch r;
+  if (p.k < 1) throw ValueError("k must be >= 1, got " + std::to_string(p.k));
+  r.k = p.k;
+  if (p.rescore) {
+    if (*p.rescore < 0) throw ValueError("rescore must be >= 0, got " + std::to_string(*p.rescore));
+    if (*p.rescore > 0 && !keep_originals)
+      throw ValueError("rescore needs the original vectors: create the index with keep_originals=True");
+    r.rescore = *p.rescore;
+  } else {
+    r.rescore = default_rescore(storage, keep_originals, p.k);
+  }
+  if (p.threads && *p.threads < 1) throw ValueError("threads must be >= 1, got " + std::to_string(*p.threads));
+  r.threads = p.threads.value_or(0);
+  return r;
+}
+
+// One search of the CPU index, in steps: the work list (whole segments, or the allowed rows
+// only), the scan of that list by parallel threads into per-thread candidate heaps, then per
+// query the merge of the heaps, the exact rescoring and the output. Holds the index's shared
+// lock from the work list to the output.
+class IndexSearcher {
+ public:
+  IndexSearcher(const Index& ix, const ResolvedSearch& rs) : ix_(ix), L_(ix.layout_), rs_(rs) {}
+  void run(const float* q, int64_t nq, const SearchParams& p, float* out_scores, int64_t* out_ids);
+
+ private:
+  void plan_segments();
+  void plan_allowed(const int64_t* allow, int64_t n);
+  int pick_threads(int64_t nq) const;
+  void finish(const float* q, int64_t i, float* out_scores, int64_t* out_ids);
+
+  const Index& ix_;
+  const Layout& L_;
+  const ResolvedSearch rs_;
+  int64_t kc_ = 0;  // candidates kept per query
+  std::vector<ScanSource> work_;
+  std::vector<std::vector<uint64_t>> masks_;  // per segment: rows not allowed
+  Segment gathered_;                          // the allowed rows, packed, when few
+  std::vector<int64_t> gathered_locs_;
+  int threads_ = 1;
+  std::vector<std::vector<TopK>> heaps_;      // per thread, per query
+};
+
+// Every segment with live rows; deleted rows are skipped inside the scan.
+void IndexSearcher::plan_segments() {
+  for (size_t si = 0; si < ix_.segments_.size(); ++si) {
+    const Segment& s = *ix_.segments_[si];
+    if (s.rows == 0 || s.deleted.count() == s.rows) continue;
+    work_.push_back({s.codes, s.scale, s.ids, nullptr, s.deleted.count() ? s.deleted.data() : nullptr,
+                     int64_t(si), s.rows, 0, blocks_for_rows(s.rows)});
+  }
+}
+
+// Only the allowed rows: gathered into a compact packed run when they are few (under 1/8 of
+// the live rows), else whole segments with a mask of the rows to skip.
+void IndexSearcher::plan_allowed(const int64_t* allow, int64_t n_allow) {
+  std::vector<int64_t> locs = ix_.catalog_.locations(allow, n_allow);
+  if (int64_t(locs.size()) * 8 < ix_.catalog_.live()) {
+    const int64_t n = int64_t(locs.size());
+    gathered_.layout = L_;
+    gathered_.codes_buf.grow(size_t(blocks_for_rows(n)) * L_.block_bytes(), 0);
+    gathered_.ids_buf.grow(size_t(n) * 8 + 8, 0);
+    if (L_.has_scale()) gathered_.scale_buf.grow(size_t(blocks_for_rows(n)) * kBlockRows * 4, 0);
+    std::vector<uint8_t> code(L_.row_bytes());
+    auto* gids = reinterpret_cast<int64_t*>(gathered_.ids_buf.data());
+    auto* gscale = reinterpret_cast<float*>(gathered_.scale_buf.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const Segment& s = *ix_.segments_[size_t(loc_segment(locs[size_t(i)]))];
+      const int64_t r = loc_row(locs[size_t(i)]);
+      gather_row(L_, s.codes, r, code.data());
+      scatter_row(L_, code.data(), gathered_.codes_buf.data(), i);
+      gids[i] = s.ids[r];
+      if (gscale) gscale[i] = s.scale[r];
+    }
+    gathered_locs_ = std::move(locs);
+    if (n > 0)
+      work_.push_back({gathered_.codes_buf.data(), gscale, gids, gathered_locs_.data(), nullptr, 0, n, 0,
+                       blocks_for_rows(n)});
+    return;
+  }
+  masks_.resize(ix_.segments_.size());
+  for (size_t si = 0; si < ix_.segments_.size(); ++si)
+    masks_[si].assign((size_t(ix_.segments_[si]->rows) + 63) / 64 + 1, ~uint64_t(0));
+  for (int64_t loc : locs) {
+    const int64_t r = loc_row(loc);
+    masks_[size_t(loc_segment(loc))][size_t(r >> 6)] &= ~(uint64_t(1) << (r & 63));
+  }
+  for (size_t si = 0; si < ix_.segments_.size(); ++si) {
+    const Segment& s = *ix_.segments_[si];
+    if (s.rows > 0)
+      work_.push_back({s.codes, s.scale, s.ids, nullptr, masks_[si].data(), int64_t(si), s.rows, 0,
+                       blocks_for_rows(s.rows)});
+  }
+}
+
+// Threads only when the work is large enough to pay for the hand-off.
+int IndexSearcher::pick_threads(int64_t nq) const {
   int64_t total_blocks = 0;
-  for (auto& w : work) total_blocks += w.nblocks;
+  for (auto& w : work_) total_blocks += w.nblocks;
+  int threads = rs_.threads > 0 ? rs_.threads : default_threads();
+  const double bytes = double(total_blocks) * double(L_.block_bytes()) * double((nq + kQueryGroup - 1) / kQueryGroup);
+  if (bytes < kParallelBytes) threads = 1;
+  return int(std::min<int64_t>(threads, std::max<int64_t>(1, total_blocks / 4)));
+}
+
+// Query i: merge the threads' candidates, rescore them exactly when asked, write the row.
+void IndexSearcher::finish(const float* q, int64_t i, float* out_scores, int64_t* out_ids) {
+  const int D = ix_.dim_;
+  const ScanKernels& K = active_kernels();
+  TopK& merged = heaps_[0][size_t(i)];
+  for (int t = 1; t < threads_; ++t)
+    for (const Hit& h : heaps_[size_t(t)][size_t(i)].items()) merged.push(h.score, h.id, h.loc);
+  std::vector<Hit> hits = merged.take_sorted();
+  if (rs_.rescore > 0) {
+    const float* qi = q + size_t(i) * D;
+    TopK best(rs_.k);
+    auto orig = [&](const Hit& h) {
+      return ix_.segments_[size_t(loc_segment(h.loc))]->orig + size_t(loc_row(h.loc)) * size_t(D);
+    };
+    auto prefetch = [&](size_t j) {
+      if (j >= hits.size()) return;
+      const float* row = orig(hits[j]);
+      for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
+    };
+    // Originals are touched only here, scattered rows: keep kRescoreAhead rows in flight.
+    constexpr size_t kRescoreAhead = 16;
+    for (size_t j = 0; j < kRescoreAhead; ++j) prefetch(j);
+    for (size_t j = 0; j < hits.size(); ++j) {
+      prefetch(j + kRescoreAhead);
+      best.push(float(K.dot_f64(qi, orig(hits[j]), D)), hits[j].id, hits[j].loc);
+    }
+    hits = best.take_sorted();
+  }
+  const int64_t k = rs_.k;
+  float* os = out_scores + size_t(i) * size_t(k);
+  int64_t* oi = out_ids + size_t(i) * size_t(k);
+  const int64_t m = std::min<int64_t>(k, int64_t(hits.size()));
+  for (int64_t j = 0; j < m; ++j) { os[j] = hits[size_t(j)].score; oi[j] = hits[size_t(j)].id; }
+  for (int64_t j = m; j < k; ++j) { os[j] = -std::numeric_limits<float>::infinity(); oi[j] = -1; }
+}
+
+void IndexSearcher::run(const float* qin, int64_t nq, const SearchParams& p, float* out_scores, int64_t* out_ids) {
+  std::vector<float> qn;
+  const float* q = ix_.prepare_rows(qin, nq, false, &qn);
+  if (nq == 0) return;
+
+  std::shared_lock<RwLock> lock(ix_.mu_);
+  kc_ = std::max<int64_t>(1, std::min<int64_t>(rs_.candidates(), ix_.catalog_.live()));
+  if (p.has_allow)
+    plan_allowed(p.allow, p.n_allow);
+  else
+    plan_segments();
 
   PreparedQueries Q;
-  prepare_queries(L, q, int(nq), &Q);
+  prepare_queries(L_, q, int(nq), &Q);
+  threads_ = pick_threads(nq);
+  heaps_.assign(size_t(threads_), std::vector<TopK>(static_cast<size_t>(nq), TopK(kc_)));
+  auto parts = split_work(work_, threads_);
+  const ScanKernels& K = active_kernels();
+  parallel_for(threads_, [&](int t) { scan_sources(L_, K, Q, parts[size_t(t)], heaps_[size_t(t)]); });
 
-  // Threads: only when the work is large enough to pay for the hand-off.
-  int threads = p.threads > 0 ? p.threads : default_threads();
-  const double bytes = double(total_blocks) * double(L.block_bytes()) *
-                       double((nq + kQueryGroup - 1) / kQueryGroup);
-  if (bytes < kParallelBytes) threads = 1;
-  threads = int(std::min<int64_t>(threads, std::max<int64_t>(1, total_blocks / 4)));
-
-  std::vector<std::vector<TopK>> heaps(static_cast<size_t>(threads), std::vector<TopK>(static_cast<size_t>(nq), TopK(kc)));
-  auto parts = split_work(work, threads);
-  parallel_for(threads, [&](int t) { scan_sources(L, K, Q, parts[size_t(t)], heaps[size_t(t)]); });
-
-  // Per query: merge the threads' candidates, rescore them exactly when asked, write out.
-  auto finish = [&](int64_t i) {
-    TopK& merged = heaps[0][size_t(i)];
-    for (int t = 1; t < threads; ++t)
-      for (const Hit& h : heaps[size_t(t)][size_t(i)].items()) merged.push(h.score, h.id, h.loc);
-    std::vector<Hit> hits = merged.take_sorted();
-    if (p.rescore > 0) {
-      const float* qi = q + size_t(i) * D;
-      TopK best(p.k);
-      auto orig = [&](const Hit& h) {
-        return ix.segments_[size_t(loc_segment(h.loc))]->orig + size_t(loc_row(h.loc)) * size_t(D);
-      };
-      auto prefetch = [&](size_t j) {
-        if (j >= hits.size()) return;
-        const float* row = orig(hits[j]);
-        for (int d = 0; d < D; d += 16) __builtin_prefetch(row + d);
-      };
-      // Originals are touched only here, scattered rows: keep kRescoreAhead rows in flight.
-      constexpr size_t kRescoreAhead = 16;
-      for (size_t j = 0; j < kRescoreAhead; ++j) prefetch(j);
-      for (size_t j = 0; j < hits.size(); ++j) {
-        prefetch(j + kRescoreAhead);
-        best.push(float(K.dot_f64(qi, orig(hits[j]), D)), hits[j].id, hits[j].loc);
-      }
-      hits = best.take_sorted();
-    }
-    float* os = out_scores + size_t(i) * size_t(p.k);
-    int64_t* oi = out_ids + size_t(i) * size_t(p.k);
-    const int64_t m = std::min<int64_t>(p.k, int64_t(hits.size()));
-    for (int64_t j = 0; j < m; ++j) { os[j] = hits[size_t(j)].score; oi[j] = hits[size_t(j)].id; }
-    for (int64_t j = m; j < p.k; ++j) { os[j] = -std::numeric_limits<float>::infinity(); oi[j] = -1; }
-  };
-  const int fthreads = int(std::min<int64_t>(threads, nq));
+  const int fthreads = int(std::min<int64_t>(threads_, nq));
   parallel_for(fthreads, [&](int t) {
-    for (int64_t i = t; i < nq; i += fthreads) finish(i);
+    for (int64_t i = t; i < nq; i += fthreads) finish(q, i, out_scores, out_ids);
   });
 }
 
 void Index::search(const float* q, int64_t nq, const SearchParams& p, float* out_scores,
                    int64_t* out_ids) const {
-  IndexSearcher::run(*this, q, nq, p, out_scores, out_ids);
+  const ResolvedSearch rs = resolve_search(p, storage_, keep_originals_);
+  IndexSearcher(*this, rs).run(q, nq, p, out_scores, out_ids);
 }
 
 }  // namespace cliprt

@@ -47,11 +47,6 @@ DeviceIndex::~DeviceIndex() {
   if (switched) cudaSetDevice(prev);
 }
 
-int64_t DeviceIndex::size() const {
-  std::shared_lock<RwLock> lock(mu_);
-  return live_;
-}
-
 int64_t DeviceIndex::memory_bytes() const {
   std::shared_lock<RwLock> lock(mu_);
   const Arrays& a = *arrays_;
@@ -69,48 +64,25 @@ void DeviceIndex::reserve_rows(int64_t rows) {
   if (layout_.has_scale()) a.scales.grow(size_t(cap) * 4, size_t(rows_) * 4);
   a.ids.grow(size_t(cap) * 8, size_t(rows_) * 8);
   if (keep_) a.orig.grow(size_t(cap) * size_t(dim_) * 4, size_t(rows_) * size_t(dim_) * 4);
-  a.deleted.grow(size_t(cap / 32) * 4, size_t(cap_rows_ / 32) * 4);
-  deleted_.resize(size_t(cap / 32), 0);
+  a.deleted.grow(size_t(cap / 64) * 8, size_t(cap_rows_ / 64) * 8);
+  deleted_.reserve_rows(cap);
   cap_rows_ = cap;
 }
 
 void DeviceIndex::upload_deleted(int64_t word0, int64_t word1) {
   if (word1 <= word0) return;
-  CLIPRT_CUDA_CHECK(cudaMemcpy(arrays_->deleted.data() + word0 * 4, deleted_.data() + word0, size_t(word1 - word0) * 4,
+  CLIPRT_CUDA_CHECK(cudaMemcpy(arrays_->deleted.data() + word0 * 8, deleted_.data() + word0, size_t(word1 - word0) * 8,
                                cudaMemcpyHostToDevice));
 }
 
-void DeviceIndex::ensure_id_map() const {
-  if (map_ready_.load(std::memory_order_acquire)) return;
-  std::lock_guard<std::mutex> lock(map_mu_);
-  if (map_ready_.load(std::memory_order_relaxed)) return;
-  IdMap m;
-  m.reserve(live_);
-  for (int64_t r = 0; r < rows_; ++r) {
-    if ((deleted_[size_t(r >> 5)] >> (r & 31)) & 1u) continue;
-    if (m.find(ids_[size_t(r)]) >= 0) throw FormatError("index holds id " + std::to_string(ids_[size_t(r)]) + " twice");
-    m.put(ids_[size_t(r)], r);
-  }
-  id_map_ = std::move(m);
-  map_ready_.store(true, std::memory_order_release);
-}
-
 std::vector<uint32_t> DeviceIndex::allowed_rows(const int64_t* allow, int64_t n) const {
-  ensure_id_map();
-  std::vector<uint32_t> rows;
-  rows.reserve(size_t(std::min<int64_t>(n, live_)));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = id_map_.find(allow[i]);
-    if (r >= 0) rows.push_back(uint32_t(r));
-  }
-  std::sort(rows.begin(), rows.end());
-  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
-  return rows;
+  const std::vector<int64_t> locs = catalog_.locations(allow, n);  // part 0: location = row
+  return std::vector<uint32_t>(locs.begin(), locs.end());
 }
 
 std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device, const int64_t* ids, bool has_stream,
                                       StreamHandle stream_handle) {
-  if (n >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");
+  if (n >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");  // before any device work
   DeviceGuard guard(device_);
   cudaStream_t stream = has_stream ? as_stream(stream_handle) : thread_stream(device_);
   const int64_t chunk = std::max<int64_t>(1, int64_t(kChunkBytes / (size_t(dim_) * 4)));
@@ -160,18 +132,11 @@ std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device,
     if (found[1] != kNone)
       throw ValueError("vector " + std::to_string(found[1]) + " has zero norm and cannot be normalised (metric='cosine')");
 
-    // 2. Ids, with the CPU index's rules and messages.
-    std::vector<int64_t> out = checked_new_ids(ids, n);
+    // 2. Ids, by the catalogue's rules.
+    std::vector<int64_t> out = RowCatalog::checked_new_ids(ids, n);
 
     std::unique_lock<RwLock> lock(mu_);
-    if (ids) {
-      ensure_id_map();
-      for (int64_t i = 0; i < n; ++i)
-        if (id_map_.find(ids[i]) >= 0) throw ValueError("id " + std::to_string(ids[i]) + " is already in the index");
-    } else {
-      if (next_id_ > std::numeric_limits<int64_t>::max() - n) throw ValueError("automatic ids exhausted: pass explicit ids");
-      for (int64_t i = 0; i < n; ++i) out[size_t(i)] = next_id_ + i;
-    }
+    catalog_.assign(out, ids != nullptr);
     if (n == 0) return out;
     if (rows_ + n > kMaxRows)
       throw ValueError("a device index holds at most " + std::to_string(kMaxRows) + " rows (deleted ones included)");
@@ -198,15 +163,8 @@ std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device,
     CLIPRT_CUDA_CHECK(cudaStreamSynchronize(stream));
 
     ids_.insert(ids_.end(), out.begin(), out.end());
-    int64_t max_id = next_id_ - 1;
-    if (map_ready_.load(std::memory_order_relaxed)) id_map_.reserve(id_map_.size() + n);
-    for (int64_t i = 0; i < n; ++i) {
-      if (map_ready_.load(std::memory_order_relaxed)) id_map_.put(out[size_t(i)], rows_ + i);
-      max_id = std::max(max_id, out[size_t(i)]);
-    }
+    catalog_.added(out, 0, rows_);
     rows_ += n;
-    live_ += n;
-    next_id_ = max_id + 1;
     return out;
   } catch (...) {
     cudaStreamSynchronize(stream);
@@ -216,59 +174,23 @@ std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device,
 
 int64_t DeviceIndex::remove(const int64_t* ids, int64_t n) {
   std::unique_lock<RwLock> lock(mu_);
-  ensure_id_map();
-  std::vector<int64_t> rows, gone;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = id_map_.find(ids[i]);
-    if (r < 0) continue;
-    id_map_.erase(ids[i]);
-    rows.push_back(r);
-    gone.push_back(ids[i]);
-  }
+  const std::vector<int64_t> rows = catalog_.remove(ids, n);  // part 0: location = row
   if (rows.empty()) return 0;
-  int64_t w0 = std::numeric_limits<int64_t>::max(), w1 = 0;
-  std::vector<uint32_t> before(deleted_);
-  for (int64_t r : rows) {
-    deleted_[size_t(r >> 5)] |= 1u << (r & 31);
-    w0 = std::min(w0, r >> 5);
-    w1 = std::max(w1, (r >> 5) + 1);
-  }
+  const auto [lo, hi] = std::minmax_element(rows.begin(), rows.end());
   try {
     DeviceGuard guard(device_);
-    upload_deleted(w0, w1);
+    upload_deleted(*lo >> 6, (*hi >> 6) + 1);
   } catch (...) {
-    deleted_.swap(before);
-    for (size_t i = 0; i < rows.size(); ++i) id_map_.put(gone[i], rows[i]);
+    catalog_.restore(rows);
     throw;
   }
-  live_ -= int64_t(rows.size());
   return int64_t(rows.size());
-}
-
-bool DeviceIndex::contains(int64_t id) const {
-  std::shared_lock<RwLock> lock(mu_);
-  ensure_id_map();
-  return id_map_.find(id) >= 0;
-}
-
-std::vector<int64_t> DeviceIndex::ids() const {
-  std::shared_lock<RwLock> lock(mu_);
-  std::vector<int64_t> out;
-  out.reserve(size_t(live_));
-  for (int64_t r = 0; r < rows_; ++r)
-    if (!((deleted_[size_t(r >> 5)] >> (r & 31)) & 1u)) out.push_back(ids_[size_t(r)]);
-  return out;
 }
 
 void DeviceIndex::reconstruct(const int64_t* ids, int64_t n, float* out) const {
   std::shared_lock<RwLock> lock(mu_);
-  ensure_id_map();
   std::vector<uint32_t> rows(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = id_map_.find(ids[i]);
-    if (r < 0) throw KeyError("id " + std::to_string(ids[i]) + " is not in the index");
-    rows[size_t(i)] = uint32_t(r);
-  }
+  for (int64_t i = 0; i < n; ++i) rows[size_t(i)] = uint32_t(catalog_.locate(ids[i]));  // part 0: location = row
   if (n == 0) return;
   DeviceGuard guard(device_);
   cudaStream_t stream = thread_stream(device_);
@@ -336,14 +258,12 @@ std::unique_ptr<DeviceIndex> DeviceIndex::from_host(const Index& host, int devic
       d->ids_.insert(d->ids_.end(), v.ids, v.ids + v.rows);
       if (v.deleted)
         for (int64_t r = 0; r < v.rows; ++r)
-          if ((v.deleted[size_t(r >> 6)] >> (r & 63)) & 1u) d->deleted_[size_t((r0 + r) >> 5)] |= 1u << ((r0 + r) & 31);
+          if ((v.deleted[size_t(r >> 6)] >> (r & 63)) & 1u) d->deleted_.set(r0 + r);
       d->rows_ += v.rows;
-      d->live_ += v.rows - v.n_deleted;
     });
-    d->upload_deleted(0, (d->rows_ + 31) / 32);
+    d->upload_deleted(0, (d->rows_ + 63) / 64);
     CLIPRT_CUDA_CHECK(cudaStreamSynchronize(stream));
-    d->next_id_ = next_id;
-    d->map_ready_.store(false);
+    d->catalog_.reset(next_id, d->rows_ - d->deleted_.count());
   } catch (...) {
     cudaStreamSynchronize(stream);
     throw;
@@ -357,7 +277,7 @@ std::unique_ptr<Index> DeviceIndex::to_host() const {
   SegmentView v;
   v.rows = rows_;
   if (rows_ == 0) {
-    ix->append_packed(v, next_id_);
+    ix->append_packed(v, catalog_.next_id());
     return ix;
   }
   DeviceGuard guard(device_);
@@ -392,19 +312,13 @@ std::unique_ptr<Index> DeviceIndex::to_host() const {
       throw;
     }
   }
-  std::vector<uint64_t> deleted(size_t((rows_ + 63) / 64), 0);
-  for (size_t w = 0; w < deleted.size(); ++w) {
-    const uint64_t lo = 2 * w < deleted_.size() ? deleted_[2 * w] : 0;
-    const uint64_t hi = 2 * w + 1 < deleted_.size() ? deleted_[2 * w + 1] : 0;
-    deleted[w] = lo | (hi << 32);
-  }
   v.codes = packed.data();
   v.ids = ids_.data();
   v.scale = scales.empty() ? nullptr : scales.data();
   v.orig = orig.empty() ? nullptr : orig.data();
-  v.n_deleted = rows_ - live_;
-  v.deleted = v.n_deleted ? deleted.data() : nullptr;
-  ix->append_packed(v, next_id_);
+  v.n_deleted = deleted_.count();
+  v.deleted = v.n_deleted ? deleted_.data() : nullptr;
+  ix->append_packed(v, catalog_.next_id());
   return ix;
 }
 

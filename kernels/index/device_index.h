@@ -2,9 +2,10 @@
 // (index.h) for add / search / remove / contains / ids / reconstruct, with codes kept on the
 // device in a row-major layout (pitch bytes per row, the CPU's row codes padded with zeros)
 // and the same codes as the CPU index bit for bit, so copies in either direction
-// (from_host / to_host) move codes without re-encoding. Ids, the deletion bitmap and the
-// id -> row map are mirrored on the host; float32 originals, when kept, live on the device
-// for exact rescoring.
+// (from_host / to_host) move codes without re-encoding. Ids and the deletion bitmap are
+// mirrored on the host and catalogued by the same RowCatalog as the CPU index's segments
+// (row_catalog.h: one part, location = row); the bitmap's words are uploaded as they are.
+// Float32 originals, when kept, live on the device for exact rescoring.
 //
 // Shapes at the boundary (row-major, C-contiguous float32 / int64):
 //   add:    x (n, dim) on the host or on this device, ids (n) on the host or null
@@ -17,14 +18,13 @@
 //
 // This header is free of CUDA types so the bindings can include it.
 #pragma once
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <vector>
 
-#include "cliprt/id_map.h"
 #include "cliprt/index.h"
+#include "cliprt/row_catalog.h"
 #include "cliprt/rw_lock.h"
 #include "cliprt/types.h"
 
@@ -37,11 +37,7 @@ struct DeviceSearchRequest {
   const float* queries = nullptr;  // (nq, dim)
   int64_t nq = 0;
   bool queries_on_device = false;
-  int64_t k = 10;
-  int rescore = 0;
-  const int64_t* allow = nullptr;  // host ids
-  int64_t n_allow = 0;
-  bool has_allow = false;
+  SearchParams params;  // k, rescore, allow-list (host ids); threads are not used
   bool has_stream = false;  // run on `stream`
   StreamHandle stream = 0;
   bool has_producer = false;  // first wait for the work queued on `producer` (device queries)
@@ -51,7 +47,7 @@ struct DeviceSearchRequest {
   bool out_on_device = false;
 };
 
-class DeviceIndex {
+class DeviceIndex : public CataloguedIndex {
  public:
   DeviceIndex(int device, int dim, Metric metric, Storage storage, bool keep_originals);
   ~DeviceIndex();
@@ -66,8 +62,6 @@ class DeviceIndex {
                            StreamHandle stream);
   void search(const DeviceSearchRequest& r) const;
   int64_t remove(const int64_t* ids, int64_t n);
-  bool contains(int64_t id) const;
-  std::vector<int64_t> ids() const;
   void reconstruct(const int64_t* ids, int64_t n, float* out) const;
 
   int device() const { return device_; }
@@ -75,15 +69,15 @@ class DeviceIndex {
   Metric metric() const { return metric_; }
   Storage storage() const { return storage_; }
   bool keep_originals() const { return keep_; }
-  int64_t size() const;
   int64_t memory_bytes() const;  // device bytes held
 
   struct Arrays;  // device memory (common/runtime.h), defined in device_index.cu
 
  private:
-  void ensure_id_map() const;
+  int64_t num_parts() const override { return 1; }
+  RowPart part(int64_t) const override { return {ids_.data(), rows_, &deleted_}; }
   void reserve_rows(int64_t rows);  // caller holds mu_ exclusively
-  void upload_deleted(int64_t word0, int64_t word1);
+  void upload_deleted(int64_t word0, int64_t word1);  // 64-bit words [word0, word1)
   // Allowed live rows, sorted (caller holds mu_).
   std::vector<uint32_t> allowed_rows(const int64_t* allow, int64_t n) const;
 
@@ -95,18 +89,11 @@ class DeviceIndex {
   Layout layout_;
   int64_t pitch_;  // device bytes per row
 
-  int64_t rows_ = 0;
+  int64_t rows_ = 0;                 // rows stored, deleted ones included
   int64_t cap_rows_ = 0;
-  int64_t live_ = 0;
-  int64_t next_id_ = 0;
   std::vector<int64_t> ids_;         // host mirror, by row
-  std::vector<uint32_t> deleted_;    // host mirror of the device bitmap
+  mutable DeletionBitmap deleted_;   // host mirror of the device bitmap (the catalogue marks it)
   std::unique_ptr<Arrays> arrays_;
-
-  mutable RwLock mu_;
-  mutable std::mutex map_mu_;
-  mutable std::atomic<bool> map_ready_{true};
-  mutable IdMap id_map_;  // id -> row
 };
 
 }  // namespace cuda

@@ -67,14 +67,11 @@ Sampling plan_sampling(int64_t n, int64_t kc, const DebugKnobs& knobs) {
 }  // namespace
 
 void DeviceIndex::search(const DeviceSearchRequest& r) const {
-  if (r.k <= 0) throw ValueError("k must be positive, got " + std::to_string(r.k));
-  if (r.rescore < 0) throw ValueError("rescore must be >= 0");
-  if (r.rescore > 0 && !keep_)
-    throw ValueError("rescore needs the original vectors: create the index with keep_originals=True");
+  const ResolvedSearch rs = resolve_search(r.params, storage_, keep_);
   const int64_t nq = r.nq;
   if (nq == 0) return;
   if (nq >= (int64_t(1) << 31)) throw ValueError("too many queries in one search");
-  const int64_t k = r.k;
+  const int64_t k = rs.k;
   const DebugKnobs knobs = debug_knobs();
   DeviceGuard guard(device_);
   cudaStream_t stream = r.has_stream ? reinterpret_cast<cudaStream_t>(r.stream) : thread_stream(device_);
@@ -151,19 +148,18 @@ void DeviceIndex::search(const DeviceSearchRequest& r) const {
 
     std::shared_lock<RwLock> lock(mu_);
     const Arrays& a = *arrays_;
-    const int64_t live = live_;
-    const int64_t kc_raw = r.rescore > 0 ? k * r.rescore : k;
-    const int64_t kc = std::max<int64_t>(1, std::min<int64_t>(kc_raw, live));
+    const int64_t live = catalog_.live();
+    const int64_t kc = std::max<int64_t>(1, std::min<int64_t>(rs.candidates(), live));
     std::vector<uint32_t> allow_rows;
     ScratchBuffer<uint32_t> d_allow;
-    if (r.has_allow) {
-      allow_rows = allowed_rows(r.allow, r.n_allow);
+    if (r.params.has_allow) {
+      allow_rows = allowed_rows(r.params.allow, r.params.n_allow);
       d_allow = ScratchBuffer<uint32_t>(allow_rows.size(), stream);
       if (!allow_rows.empty())
         CLIPRT_CUDA_CHECK(cudaMemcpyAsync(d_allow.get(), allow_rows.data(), allow_rows.size() * 4,
                                           cudaMemcpyHostToDevice, stream));
     }
-    const int64_t n_scan = r.has_allow ? int64_t(allow_rows.size()) : rows_;
+    const int64_t n_scan = r.params.has_allow ? int64_t(allow_rows.size()) : rows_;
 
     // Outputs: the caller's device arrays, or device scratch copied to the host per chunk.
     ScratchBuffer<float> s_scores;
@@ -198,8 +194,8 @@ void DeviceIndex::search(const DeviceSearchRequest& r) const {
     base.codes = a.codes_ptr();
     base.pitch = pitch_;
     base.xscale = layout_.has_scale() ? a.scales_ptr() : nullptr;
-    base.deleted = (!r.has_allow && live_ < rows_) ? a.deleted_ptr() : nullptr;
-    base.rows = r.has_allow ? d_allow.get() : nullptr;
+    base.deleted = (!r.params.has_allow && live < rows_) ? a.deleted_ptr() : nullptr;
+    base.rows = r.params.has_allow ? d_allow.get() : nullptr;
     base.dim = dim_;
     base.q_pitch = q_pitch;
 
@@ -273,7 +269,7 @@ void DeviceIndex::search(const DeviceSearchRequest& r) const {
 
         bool overflow = false;
         const int64_t k_final = std::min(k, kc);
-        if (r.rescore == 0) {
+        if (rs.rescore == 0) {
           if (!select(lists, k_final, TopKOut{o_scores, o_ids, nullptr, k}, &overflow)) continue;
         } else {
           ScratchBuffer<uint32_t> sel_rows(size_t(nc) * size_t(kc), stream);

@@ -180,6 +180,7 @@ class _OnStream:
 # device rows
 
 class DeviceRows(NamedTuple):
+    """Rows in device memory as the native core takes them (csrc/bindings/index_api.h)."""
     ptr: int             # float32, C-contiguous (n, dim)
     n: int
     single: bool         # the input was one vector
@@ -187,6 +188,14 @@ class DeviceRows(NamedTuple):
     device: int
     array: Any           # keeps the converted array alive
     producer: Optional[int]  # stream the data was produced on (None: nothing to wait for)
+    handle: Optional[int]    # the stream the caller asked for (None: the core's choice)
+
+    def outputs(self, k: int):
+        """Search results for these queries, allocated by their library on their device:
+        (scores float32 (n, k), ids int64 (n, k), scores pointer, ids pointer)."""
+        scores = empty(self, (self.n, k), "float32", self.handle)
+        ids = empty(self, (self.n, k), "int64", self.handle)
+        return scores, ids, data_ptr(scores), data_ptr(ids)
 
 
 def device_rows(x, dim: int, what: str, ordinal: int, handle: Optional[int]) -> DeviceRows:
@@ -221,7 +230,7 @@ def device_rows(x, dim: int, what: str, ordinal: int, handle: Optional[int]) -> 
                     producer = int(cupy.cuda.get_current_stream().ptr)
             ptr = int(x.data.ptr)
     return DeviceRows(ptr=ptr, n=int(x.shape[0]), single=single, lib=lib, device=ordinal, array=x,
-                      producer=producer)
+                      producer=producer, handle=handle)
 
 
 def empty(rows: DeviceRows, shape, dtype: str, handle: Optional[int]):
@@ -237,14 +246,3 @@ def empty(rows: DeviceRows, shape, dtype: str, handle: Optional[int]):
 
 def data_ptr(a) -> int:
     return int(a.data_ptr()) if _is_torch(a) else int(a.data.ptr)
-
-
-def search(core, rows: DeviceRows, k: int, rescore: int, allow, handle: Optional[int]):
-    """Search with device queries; results on the queries' device, in their library."""
-    scores = empty(rows, (rows.n, k), "float32", handle)
-    ids = empty(rows, (rows.n, k), "int64", handle)
-    core.search_device(rows.ptr, rows.n, k, rescore, allow, handle,
-                       rows.producer if handle is None else None, data_ptr(scores), data_ptr(ids))
-    if rows.single:
-        return scores[0], ids[0]
-    return scores, ids

@@ -1,9 +1,11 @@
 """Exact similarity index over quantized embedding storage (numpy in, numpy out; on a
 CUDA device, device arrays in and out as well).
 
-The heavy lifting is in the native core (``cliprt._core``); this module normalises
-arguments, picks per-storage defaults and documents the contract. Device plumbing (device
-names, cupy / torch / DLPack arrays, streams) is in ``cliprt._device``.
+The heavy lifting is in the native core (``cliprt._core``): its ``Index`` and ``CudaIndex``
+have the same methods and check every argument rule (k, rescore, threads, ids); this module
+converts arguments to the types the core takes (numpy arrays, integers), picks the storage
+defaults of the Python API and documents the contract. Device plumbing (device names, cupy /
+torch / DLPack arrays, streams) is in ``cliprt._device``.
 """
 from __future__ import annotations
 
@@ -19,18 +21,11 @@ STORAGES = ("f32", "f16", "bf16", "i8", "b1")
 METRICS = ("cosine", "ip")
 MAX_DIM = 65536
 
-# Default oversampling for exact rescoring from the kept float32 originals, per storage:
-# the code scan keeps k * R candidates, then the originals decide the final top-k.
-# Measured on N = 1M, D = 512 clustered data (benchmarks/results/search_cpu.md and
-# b1_scoring.md), recall@10 vs exact float32:
-#   i8 (per-vector absmax codes, int8 query): R = 1 -> 0.977, R = 2 -> 1.000 (random-normal
-#      data likewise 0.973 and 1.000); default 2.
-#   b1 (sign bits, Hamming): R = 16 -> 0.66, 32 -> 0.84, 64 -> 0.975, 128 -> 1.0; default 64.
-#   f16/bf16 rescore only when created with keep_originals=True (R = 2 -> 1.000).
-DEFAULT_RESCORE = {"f32": 0, "f16": 2, "bf16": 2, "i8": 2, "b1": 64}
-# b1's candidate pool does not need to grow linearly with k: by default it keeps
-# max(MIN_CANDIDATES, 4 k) candidates, i.e. R = max(4, ceil(640 / k)) (64 at k = 10).
-MIN_CANDIDATES = {"b1": 640}
+# Default oversampling R for exact rescoring from the kept float32 originals, per storage, at
+# k = 10 (the code scan keeps k * R candidates, then the originals decide the top-k). The
+# rule lives in the core (csrc/include/cliprt/index.h, default_rescore); the recall behind it
+# is in benchmarks/results/search_cpu.md and b1_scoring.md.
+DEFAULT_RESCORE = {s: _core.default_rescore(s, True, 10) for s in STORAGES}
 # Storages that keep float32 originals unless told otherwise.
 KEEPS_ORIGINALS = {"i8", "b1"}
 
@@ -55,13 +50,16 @@ def parse_storage_spec(spec: str) -> Tuple[str, Optional[int]]:
     return name, int(factor) if at else None
 
 
-def _check_int(value, name: str, minimum: int) -> int:
+def _integer(value, name: str) -> int:
+    """value as a Python int (numpy integers included; bool and float refused); the range is
+    the core's to check."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return int(value)
+
+
+def _optional_integer(value, name: str) -> Optional[int]:
+    return None if value is None else _integer(value, name)
 
 
 def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
@@ -107,7 +105,9 @@ class Index:
 
     def __init__(self, dim: int, metric: str = "cosine", storage: str = "f32",
                  keep_originals: Optional[bool] = None, device="cpu"):
-        dim = _check_int(dim, "dim", 1)
+        dim = _integer(dim, "dim")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
         if dim > MAX_DIM:
             raise ValueError(f"dim must be <= {MAX_DIM}, got {dim}")
         if metric not in METRICS:
@@ -122,14 +122,17 @@ class Index:
         else:
             _device.require_cuda(ordinal)
             self._ix = _core.CudaIndex(ordinal, dim, metric, storage, bool(keep_originals))
-        self._ordinal = ordinal
 
     @classmethod
-    def _from_core(cls, core, ordinal: Optional[int] = None) -> "Index":
+    def _from_core(cls, core) -> "Index":
         self = cls.__new__(cls)
         self._ix = core
-        self._ordinal = ordinal
         return self
+
+    @property
+    def _ordinal(self) -> Optional[int]:
+        """The CUDA device ordinal of the core index, None on the CPU."""
+        return self._ix.device
 
     # -- devices ------------------------------------------------------------------------
     @property
@@ -150,7 +153,7 @@ class Index:
             return Index._from_core(self._ix.to_index())
         _device.require_cuda(ordinal)
         host = self._ix if self._ordinal is None else self._ix.to_index()
-        return Index._from_core(_core.CudaIndex.from_index(host, ordinal), ordinal)
+        return Index._from_core(_core.CudaIndex.from_index(host, ordinal))
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -175,13 +178,10 @@ class Index:
         return self.default_rescore_for(10)
 
     def default_rescore_for(self, k: int) -> int:
-        """The oversampling R that ``search(..., rescore=None)`` uses for this k."""
-        if not self.keep_originals:
-            return 0
-        floor = MIN_CANDIDATES.get(self.storage)
-        if floor is None:
-            return DEFAULT_RESCORE[self.storage]
-        return max(4, -(-floor // k))
+        """The oversampling R that ``search(..., rescore=None)`` uses for this k: 0 without
+        originals; b1 keeps at least 640 candidates (R = max(4, ceil(640 / k))); the other
+        storages ``DEFAULT_RESCORE``."""
+        return _core.default_rescore(self.storage, self.keep_originals, _integer(k, "k"))
 
     def __len__(self) -> int:
         return len(self._ix)
@@ -199,30 +199,32 @@ class Index:
         return self._ix.ids()
 
     # -- mutation -----------------------------------------------------------------------
+    def _rows(self, x, what: str, handle: Optional[int]):
+        """x as the core takes it: (n, dim) float32 numpy rows, or for a device index and a
+        device array, device rows. Returns (rows, n, x was one vector)."""
+        if self._ordinal is not None and _device.is_device_array(x):
+            rows = _device.device_rows(x, self.dim, what, self._ordinal, handle)
+            return rows, rows.n, rows.single
+        a, single = _as_float_rows(x, self.dim, what)
+        return a, a.shape[0], single
+
+    def _stream(self, stream) -> Optional[int]:
+        return None if self._ordinal is None else _device.stream_handle(stream)
+
     def add(self, vectors, ids=None, stream=None) -> np.ndarray:
         """Adds (n, dim) float vectors; returns their int64 ids (assigned when None).
 
         Raises ValueError on NaN/Inf, wrong shape, duplicate or negative ids; nothing is
         stored when a call is rejected. A device index also takes device arrays (encoded on
         the device, on `stream` when given); a CPU index copies them to the host."""
-        if self._ordinal is not None and _device.is_device_array(vectors):
-            handle = _device.stream_handle(stream)
-            rows = _device.device_rows(vectors, self.dim, "vectors", self._ordinal, handle)
-            id_arr = None
-            if ids is not None:
-                id_arr = _as_ids(ids, "ids")
-                if id_arr.shape[0] != rows.n:
-                    raise ValueError(f"got {id_arr.shape[0]} ids for {rows.n} vectors")
-            return self._ix.add_device(rows.ptr, rows.n, id_arr, handle if handle is not None else rows.producer)
-        x, _ = _as_float_rows(vectors, self.dim, "vectors")
+        handle = self._stream(stream)
+        rows, n, _ = self._rows(vectors, "vectors", handle)
         id_arr = None
         if ids is not None:
             id_arr = _as_ids(ids, "ids")
-            if id_arr.shape[0] != x.shape[0]:
-                raise ValueError(f"got {id_arr.shape[0]} ids for {x.shape[0]} vectors")
-        if self._ordinal is not None:
-            return self._ix.add_host(x, id_arr)
-        return self._ix.add(x, id_arr)
+            if id_arr.shape[0] != n:
+                raise ValueError(f"got {id_arr.shape[0]} ids for {n} vectors")
+        return self._ix.add(rows, id_arr, handle)
 
     def remove(self, ids) -> int:
         """Removes vectors by id; returns how many were removed (unknown ids are ignored)."""
@@ -247,29 +249,12 @@ class Index:
         results of the same library without a host round trip; host queries give numpy.
         The call returns when the results are complete.
         """
-        device_rows = None
-        if self._ordinal is not None and _device.is_device_array(queries):
-            handle = _device.stream_handle(stream)
-            device_rows = _device.device_rows(queries, self.dim, "queries", self._ordinal, handle)
-        else:
-            q, single = _as_float_rows(queries, self.dim, "queries")
-        k = _check_int(k, "k", 1)
-        if rescore is None:
-            r = self.default_rescore_for(k)
-        elif rescore is False:
-            r = 0
-        else:
-            r = _check_int(rescore, "rescore", 0)
-            if r > 0 and not self.keep_originals:
-                raise ValueError("rescore needs the original vectors: create the index with keep_originals=True")
-        t = 0 if threads is None else _check_int(threads, "threads", 1)
+        handle = self._stream(stream)
+        rows, _, single = self._rows(queries, "queries", handle)
+        r = 0 if rescore is False else _optional_integer(rescore, "rescore")
         allow_arr = None if allow is None else _as_ids(allow, "allow")
-        if device_rows is not None:
-            return _device.search(self._ix, device_rows, k, r, allow_arr, handle)
-        if self._ordinal is not None:
-            scores, ids = self._ix.search_host(q, k, r, allow_arr, _device.stream_handle(stream))
-        else:
-            scores, ids = self._ix.search(q, k, r, allow_arr, t)
+        scores, ids = self._ix.search(rows, _integer(k, "k"), r, allow_arr, _optional_integer(threads, "threads"),
+                                      handle)
         if single:
             return scores[0], ids[0]
         return scores, ids

@@ -70,12 +70,12 @@ Result dev_search(const DeviceIndex& d, const std::vector<float>& q, int64_t nq,
   req.queries = q.data();
   req.nq = nq;
   req.queries_on_device = device_io;  // emulated device memory is host memory
-  req.k = k;
-  req.rescore = rescore;
+  req.params.k = k;
+  req.params.rescore = rescore;
   if (allow) {
-    req.allow = allow->data();
-    req.n_allow = int64_t(allow->size());
-    req.has_allow = true;
+    req.params.allow = allow->data();
+    req.params.n_allow = int64_t(allow->size());
+    req.params.has_allow = true;
   }
   req.out_scores = r.s.data();
   req.out_ids = r.i.data();
@@ -113,12 +113,6 @@ void compare_exact(const Result& a, const Result& b, int64_t nq, int64_t k, cons
 }
 
 double tolerance(Storage s) { return (s == Storage::I8 || s == Storage::B1) ? 1e-5 : 2e-4; }
-
-int default_rescore(Storage s, bool keep, int64_t k) {
-  if (!keep) return 0;
-  if (s == Storage::B1) return int(std::max<int64_t>(4, (640 + k - 1) / k));
-  return s == Storage::F32 ? 0 : 2;
-}
 
 std::string name(Storage s, Metric m) { return std::string(storage_name(s)) + "/" + metric_name(m); }
 

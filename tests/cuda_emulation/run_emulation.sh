@@ -18,14 +18,15 @@ else  # the include directories nvcc itself uses
 fi
 out="${TMPDIR:-/tmp}/cliprt_emulation"
 mkdir -p "$out"
-cxx=(g++ -std=c++20 -O2 -ffp-contract=off -pthread -w -I tests/cuda_emulation/shadow -I kernels -I csrc/include $cuda_inc)
+cxx=(g++ -std=c++20 -O2 -ffp-contract=off -pthread -w -DCLIPRT_WITH_CUDA=1 -DCLIPRT_HAVE_X86_VARIANTS=0
+     -I tests/cuda_emulation/shadow -I kernels -I csrc/include $cuda_inc)
 what="${1:-all}"
 if [ "$what" = all ] || [ "$what" = kernels ]; then
   "${cxx[@]}" tests/cuda_emulation/emulate_kernels.cpp csrc/src/codec.cpp -o "$out/kernels"
   "$out/kernels" "${2:-}"
 fi
 if [ "$what" = all ] || [ "$what" = index ] || [ "$what" = python ]; then
-  cxx+=(-fPIC -DCLIPRT_WITH_CUDA=1)
+  cxx+=(-fPIC)
   objs=() pids=()
   for f in csrc/src/*.cpp csrc/src/cpu/scan_scalar.cpp; do
     o="$out/$(basename "$f").o"

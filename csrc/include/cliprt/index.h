@@ -11,17 +11,17 @@
 // Thread safety: any number of concurrent searches; add/remove/save are serialised with
 // them by a reader-writer lock, so a search sees the index before or after an add.
 #pragma once
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
 
-#include "cliprt/id_map.h"
 #include "cliprt/mapped_file.h"
+#include "cliprt/row_catalog.h"
 #include "cliprt/rw_lock.h"
 #include "cliprt/types.h"
 
@@ -40,15 +40,12 @@ struct Segment {
   const float* orig = nullptr;     // (rows, dim) float32 originals, when kept
   AlignedBytes codes_buf, ids_buf, scale_buf, orig_buf;
   std::shared_ptr<MappedFile> file;
-  std::vector<uint64_t> deleted;   // bitmap over rows
-  int64_t n_deleted = 0;
+  DeletionBitmap deleted;          // over rows (row_catalog.h)
   bool sealed = false;             // no more rows may be appended
   // Persistence bookkeeping: where this segment is already stored, and its deletion file.
   std::string saved_dir, file_name, del_file;
   uint64_t file_hash = 0, del_hash = 0;
   bool del_dirty = false;
-
-  bool is_deleted(int64_t r) const { return (deleted[size_t(r >> 6)] >> (r & 63)) & 1; }
 };
 
 // One segment as stored, for copying an index to or from another device. Valid only inside
@@ -65,12 +62,34 @@ struct SegmentView {
 
 struct SearchParams {
   int64_t k = 10;
-  int rescore = 0;                      // candidates = k * rescore, rescored exactly; 0 = off
+  // Candidates = k * rescore, rescored exactly with the float32 originals; 0 = off; unset =
+  // the storage's default (default_rescore).
+  std::optional<int> rescore;
   const int64_t* allow = nullptr;       // optional allow-list of ids
   int64_t n_allow = 0;
   bool has_allow = false;
-  int threads = 0;                      // 0 = default
+  std::optional<int> threads;           // unset = all cores (CLIPRT_NUM_THREADS); CPU only
 };
+
+// SearchParams checked (k >= 1; rescore >= 0, and > 0 only with originals; threads >= 1) with
+// the defaults filled in. Every index's search starts here. Raises ValueError.
+struct ResolvedSearch {
+  int64_t k;
+  int rescore;
+  int threads;  // 0 = all cores
+  // Candidates the code scan keeps per query: k * rescore (k without rescoring), saturated.
+  int64_t candidates() const {
+    if (rescore <= 0) return k;
+    return k > INT64_MAX / rescore ? INT64_MAX : k * rescore;
+  }
+};
+ResolvedSearch resolve_search(const SearchParams& p, Storage storage, bool keep_originals);
+
+// The oversampling R a search uses by default at this k: 0 without originals; for b1 a
+// candidate pool of max(640, 4 k) rows (R = max(4, ceil(640 / k))); else the storage's
+// factor (i8, f16, bf16: 2; f32: 0). Chosen from the recall tables in
+// benchmarks/results/search_cpu.md and b1_scoring.md. Raises ValueError for k < 1.
+int default_rescore(Storage storage, bool keep_originals, int64_t k);
 
 struct LoadOptions {
   bool mmap = true;
@@ -78,12 +97,7 @@ struct LoadOptions {
   bool verify_originals = false;
 };
 
-// Ids given to an add, checked by the rules every index applies (each in [0, 2**63 - 2], no
-// duplicates within the call); returns them as a vector, or n zeros when ids is null (the
-// caller assigns them). Raises ValueError.
-std::vector<int64_t> checked_new_ids(const int64_t* ids, int64_t n);
-
-class Index {
+class Index : public CataloguedIndex {
  public:
   Index(int dim, Metric metric, Storage storage, bool keep_originals);
 
@@ -92,8 +106,6 @@ class Index {
               int64_t* out_ids) const;
   int64_t remove(const int64_t* ids, int64_t n);
   void reconstruct(const int64_t* ids, int64_t n, float* out) const;
-  bool contains(int64_t id) const;
-  std::vector<int64_t> ids() const;
 
   void save(const std::string& dir);
   static std::unique_ptr<Index> load(const std::string& dir, const LoadOptions& opt);
@@ -111,13 +123,13 @@ class Index {
   Metric metric() const { return metric_; }
   Storage storage() const { return storage_; }
   bool keep_originals() const { return keep_originals_; }
-  int64_t size() const;            // live (not removed) vectors
   int64_t num_segments() const;
   int64_t memory_bytes() const;    // heap bytes owned (mapped files excluded)
 
  private:
   friend class IndexSearcher;
-  void ensure_id_map() const;
+  int64_t num_parts() const override { return int64_t(segments_.size()); }
+  RowPart part(int64_t i) const override;
   Segment& writable_segment(int64_t extra_rows);
   // Rejects NaN/Inf (and, for stored ip vectors, values the storage cannot hold); for cosine
   // returns L2-normalised rows in *normed, else x itself.
@@ -128,15 +140,8 @@ class Index {
   Storage storage_;
   bool keep_originals_;
   Layout layout_;
-  int64_t next_id_ = 0;
-  int64_t live_ = 0;
   uint64_t generation_ = 0;
   std::vector<std::shared_ptr<Segment>> segments_;
-
-  mutable RwLock mu_;
-  mutable std::mutex map_mu_;
-  mutable std::atomic<bool> map_ready_{true};
-  mutable IdMap id_map_;
   std::mutex save_mu_;
 };
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+#include "cliprt/features.h"
 #include "cliprt/types.h"
 
 namespace cliprt {
@@ -62,7 +63,7 @@ struct ScanKernels {
 };
 
 const ScanKernels& scalar_kernels();
-#if defined(CLIPRT_HAVE_X86_VARIANTS)
+#if CLIPRT_HAVE_X86_VARIANTS
 const ScanKernels& avx2_kernels();
 const ScanKernels& avx512_kernels();
 #endif
