@@ -32,7 +32,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from cliprt.evaluate import heldout_split, zero_shot_topk  # noqa: E402
 from cliprt.export import default_model as dm  # noqa: E402
+from cliprt.export.bridge import fit_bridge, l2n, ridge_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "imagenet-sample"))
@@ -62,8 +64,8 @@ def cv_rows(class_emb, targets, lambdas, folds=5, seed=0):
     s = np.zeros((len(lambdas), folds))
     for j in range(folds):
         tr, te = fold != j, fold == j
-        for i, w in enumerate(dm.ridge_path(class_emb[tr], targets[tr], lambdas)):
-            sc = dm.l2n(class_emb[te] @ w) @ targets[te].T
+        for i, w in enumerate(ridge_path(class_emb[tr], targets[tr], lambdas)):
+            sc = l2n(class_emb[te] @ w) @ targets[te].T
             s[i, j] = np.mean(sc.argmax(1) == np.arange(int(te.sum())))
     return s.mean(1), s.std(1, ddof=1) / math.sqrt(folds)
 
@@ -87,10 +89,10 @@ def main():
     t_prep = time.perf_counter() - t0
     raw, labels = image_features(ing.image_model, args.sample)
     t_img = time.perf_counter() - t0 - t_prep
-    centred = dm.l2n(raw - ing.feature_mean)
-    rawn = dm.l2n(raw)
+    centred = l2n(raw - ing.feature_mean)
+    rawn = l2n(raw)
     x, y = ing.class_emb, ing.targets
-    fit_cls, held = dm.heldout_split()
+    fit_cls, held = heldout_split(dm.N_CLASSES)
     keep = np.isin(labels, held)
 
     print(f"prepare (load, {len(dm.TEMPLATES) * 1000} prompts, fit): {t_prep:.1f} s; 1000 images: {t_img:.1f} s\n")
@@ -101,11 +103,11 @@ def main():
     print(row("plain ridge, lambda 0.1, raw image features (baseline)", base))
     print(row(f"shipped: ridge, lambda {dm.LAMBDA}, centred image features", ours))
     upper = {}
-    h = dm.zero_shot_topk(centred[keep], labels[keep], y[held], held)
-    a = dm.zero_shot_topk(centred, labels, y, np.arange(1000))
+    h = zero_shot_topk(centred[keep], labels[keep], y[held], held)
+    a = zero_shot_topk(centred, labels, y, np.arange(1000))
     upper.update(heldout_top1=h[1], heldout_top5=h[5], all_top1=a[1], all_top5=a[5])
     print(row("reference: the classifier's own rows as text embeddings", upper))
-    kb_h = dm.zero_shot_topk(centred[keep], labels[keep], kernel_bridge(x[fit_cls], y[fit_cls], x[held]), held)
+    kb_h = zero_shot_topk(centred[keep], labels[keep], kernel_bridge(x[fit_cls], y[fit_cls], x[held]), held)
     print(f"| reference, not linear: kernel-ridge bridge exp(10(a.b-1)), lambda 0.1 | {kb_h[1]:.3f} | "
           f"{kb_h[5]:.3f} | - | - |")
 
@@ -124,9 +126,9 @@ def main():
     off = ~np.eye(len(raw), dtype=bool)
     print(f"\nmean image-image cosine: raw {float((rawn @ rawn.T)[off].mean()):.3f}, "
           f"centred {float((centred @ centred.T)[off].mean()):.3f}; data-free feature mean vs sample mean: "
-          f"cosine {float(dm.l2n(ing.feature_mean) @ dm.l2n(raw.mean(0))):.4f}")
-    w = dm.fit_bridge(x, y, dm.LAMBDA)
-    logits = dm.LOGIT_SCALE * centred @ dm.l2n(x @ w).T
+          f"cosine {float(l2n(ing.feature_mean) @ l2n(raw.mean(0))):.4f}")
+    w = fit_bridge(x, y, dm.LAMBDA)
+    logits = dm.LOGIT_SCALE * centred @ l2n(x @ w).T
     logits -= logits.max(1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     p = np.exp(logp)

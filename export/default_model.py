@@ -23,7 +23,15 @@ the spirit of cross-model alignment (Text-To-Concept) and locked image towers (L
   The ridge strength is fixed (`LAMBDA`).
 
 Zero-shot classification is then cosine(image embedding, bridged class-prompt embedding);
-`evaluate_heldout` runs the held-out-class protocol of the tests and the benchmark.
+`evaluate_heldout` scores this recipe's bridge under the held-out-class protocol of the tests
+and the benchmark.
+
+This module is the recipe: what the model is made of (the constants below, the pinned tower
+packages, the towers, the provenance) and how it is assembled and built. The mechanisms it
+uses live elsewhere: the ridge maths in `cliprt.export.bridge` (numpy only), the held-out
+class split, top-k scoring and the built-in ImageNet class names in `cliprt.evaluate`, the
+ONNX export and verification in `pipeline` / `verify` (public API only). The bridge and
+evaluation names stay importable from here (`fit_bridge`, `heldout_split`, ...; see `__all__`).
 
 The package is built atomically (in a sibling temp directory, renamed into place) and a
 complete package of the same recipe at the destination is reused as it is.
@@ -41,7 +49,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cliprt.evaluate import HELDOUT_EVERY, builtin_classnames, heldout_split, zero_shot_topk
 from cliprt.models import MANIFEST, ImageSpec, ModelPackage, PackageError, write_manifest
+
+from .bridge import classifier_targets, ensemble, fit_bridge, l2n, ridge_path
+
+__all__ = [
+    # the recipe
+    "NAME", "FAMILY", "RECIPE_VERSION", "IMAGE_DIST", "IMAGE_DIST_VERSION", "TEXT_DIST", "TEXT_DIST_VERSION",
+    "TIMM_ARCH", "FEATURE_DIM", "TEXT_DIM", "N_CLASSES", "TEMPLATES", "LAMBDA", "LOGIT_SCALE", "IMAGE_SPEC",
+    "DESCRIPTION", "DefaultModelError", "data_file", "class_names", "prompts", "check_requirements",
+    "efficientnet_weights_path", "minilm_dir", "load_efficientnet", "feature_mean", "reference_preprocess",
+    "embed_texts", "Ingredients", "prepare", "make_source", "is_complete", "build_default_model",
+    "evaluate_heldout",
+    # re-exported from cliprt.export.bridge and cliprt.evaluate
+    "l2n", "ridge_path", "fit_bridge", "ensemble", "classifier_targets",
+    "HELDOUT_EVERY", "heldout_split", "zero_shot_topk",
+]
 
 NAME = "cliprt-default"
 FAMILY = "cliprt-default"
@@ -71,7 +95,6 @@ TEMPLATES: Tuple[str, ...] = (
 LAMBDA = 0.1
 # softmax temperature: a fixed convention (CLIP's cap), not calibrated; rank by the cosine
 LOGIT_SCALE = 100.0
-HELDOUT_EVERY = 5                        # evaluation protocol: classes with index % 5 == 0 are held out
 
 IMAGE_SPEC = ImageSpec(size=(224, 224), resize_mode="shortest", resize_size=256, interpolation="bicubic",
                        antialias=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -96,16 +119,17 @@ class DefaultModelError(RuntimeError):
 # ----------------------------------------------------------------------------- data
 
 def data_file(name: str) -> str:
+    """A file shipped in cliprt/data (hashed into the provenance)."""
     import cliprt
 
     return os.path.join(os.path.dirname(os.path.abspath(cliprt.__file__)), "data", name)
 
 
 def class_names() -> List[str]:
-    """The 1000 ImageNet-1k class names in class-index order (CLIP's cleaned names)."""
-    with open(data_file("imagenet_classes.txt"), "r", encoding="utf-8") as f:
-        names = [line.rstrip("\n") for line in f]
-    if len(names) != N_CLASSES or not all(names):
+    """The 1000 ImageNet-1k class names in class-index order (CLIP's cleaned names): the
+    built-in list of `cliprt.evaluate` (`--classnames imagenet`), checked for its length."""
+    names = builtin_classnames("imagenet")
+    if len(names) != N_CLASSES:
         raise DefaultModelError(f"{data_file('imagenet_classes.txt')} must hold {N_CLASSES} non-empty lines")
     return names
 
@@ -115,72 +139,12 @@ def prompts(names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> List[
     return [t.format(n) for t in templates for n in names]
 
 
-def heldout_split(n: int = N_CLASSES, every: int = HELDOUT_EVERY) -> Tuple[np.ndarray, np.ndarray]:
-    """(fitting classes, held-out classes): every `every`-th class index (0, 5, 10, ...) is held out."""
-    idx = np.arange(n)
-    return idx[idx % every != 0], idx[idx % every == 0]
-
-
-# ----------------------------------------------------------------------------- bridge
-
-def l2n(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-
-def _check_xy(x, y):
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
-        raise ValueError(f"text_emb (n, d_in) and targets (n, d_out) must have the same n, got {x.shape}, {y.shape}")
-    return x, y
-
-
-def ridge_path(text_emb: np.ndarray, targets: np.ndarray, lambdas: Sequence[float]) -> List[np.ndarray]:
-    """`fit_bridge` for several lambdas from one SVD: with X = U S V^T,
-    W(lambda) = V diag(s / (s^2 + lambda)) U^T Y (never forms X^T X)."""
-    x, y = _check_xy(text_emb, targets)
-    if not all(lam > 0 for lam in lambdas):
-        raise ValueError(f"lambdas must be positive, got {list(lambdas)}")
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    uty = u.T @ y
-    return [vt.T @ ((s / (s * s + lam))[:, None] * uty) for lam in lambdas]
-
-
-def fit_bridge(text_emb: np.ndarray, targets: np.ndarray, lam: float) -> np.ndarray:
-    """Ridge regression without intercept, in float64:
-    W = argmin ||X W - Y||^2 + lam ||W||^2 = (X^T X + lam I)^-1 X^T Y.
-    X: (n, d_in) text embeddings, Y: (n, d_out) targets -> W (d_in, d_out)."""
-    return ridge_path(text_emb, targets, [lam])[0]
-
-
-def ensemble(prompt_emb: np.ndarray) -> np.ndarray:
-    """(templates, classes, d) prompt embeddings -> (classes, d): the normalised mean of the
-    normalised template embeddings (prompt ensembling)."""
-    return l2n(l2n(prompt_emb).mean(axis=0))
-
-
-def classifier_targets(classifier_weight: np.ndarray) -> np.ndarray:
-    """The bridge targets: L2-normalised classifier rows (classes, features)."""
-    return l2n(classifier_weight)
-
-
 # ----------------------------------------------------------------------------- evaluation
-
-def zero_shot_topk(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, classes: np.ndarray,
-                   ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
-    """Top-k accuracy of classifying images among `classes` by cosine with their (bridged)
-    text embeddings. image_emb (n, D), labels (n,) class indices, class_emb (len(classes), D)."""
-    scores = l2n(image_emb) @ l2n(class_emb).T
-    order = np.argsort(-scores, axis=1, kind="stable")
-    predicted = np.asarray(classes)[order]
-    truth = np.asarray(labels)[:, None]
-    return {k: float(np.mean((predicted[:, :k] == truth).any(axis=1))) for k in ks}
-
 
 def evaluate_heldout(image_emb: np.ndarray, labels: np.ndarray, prompt_class_emb: np.ndarray,
                      targets: np.ndarray, lam: float = LAMBDA) -> Dict[str, Any]:
-    """The held-out-class protocol. image_emb: (n, 1280) image tower outputs, labels: (n,)
+    """This recipe's bridge under the held-out-class protocol (`cliprt.evaluate.heldout_split`,
+    scored by `zero_shot_topk`). image_emb: (n, 1280) image tower outputs, labels: (n,)
     class indices; prompt_class_emb: (1000, 384) ensembled class-prompt embeddings; targets:
     (1000, 1280) bridge targets.
 

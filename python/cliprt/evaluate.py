@@ -7,6 +7,11 @@ of {"image", "caption" | "captions"}, or a COCO captions file ({"images", "annot
 
 Scores can also be computed through a cliprt.Index holding the class (or image) embeddings
 in a reduced storage (i8, b1, ...), to measure what the storage costs in accuracy.
+
+The held-out-class protocol of the embedded default model (`heldout_split`: classes whose
+index is a multiple of `HELDOUT_EVERY` are held out) is defined here once, for
+`cliprt eval zeroshot --every`, the default model's evaluation build and its study
+(benchmarks/default_model_study.py); `zero_shot_topk` scores images among any subset of classes.
 """
 from __future__ import annotations
 
@@ -21,7 +26,10 @@ import numpy as np
 from .sources import IMAGE_EXTENSIONS
 
 __all__ = ["load_classification", "zero_shot", "load_captions", "retrieval", "builtin_classnames",
-           "evaluate_zeroshot", "evaluate_retrieval"]
+           "evaluate_zeroshot", "evaluate_retrieval", "HELDOUT_EVERY", "heldout_split", "zero_shot_topk"]
+
+# the held-out-class protocol: of the 1000 ImageNet-1k classes, those with index % 5 == 0 are held out
+HELDOUT_EVERY = 5
 
 
 class DataError(ValueError):
@@ -136,6 +144,28 @@ def zero_shot(image_emb: np.ndarray, labels: Sequence[int], class_emb: np.ndarra
             "images": int(len(labels)), "classes": int(len(class_emb))}
 
 
+def heldout_split(n: int = 1000, every: int = HELDOUT_EVERY) -> Tuple[np.ndarray, np.ndarray]:
+    """(fitting classes, held-out classes) of `n` classes: every `every`-th class index
+    (0, 5, 10, ...) is held out."""
+    idx = np.arange(n)
+    return idx[idx % every != 0], idx[idx % every == 0]
+
+
+def zero_shot_topk(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray, classes: np.ndarray,
+                   ks: Sequence[int] = (1, 5)) -> Dict[int, float]:
+    """Top-k accuracy of classifying images among `classes` by cosine with their (bridged)
+    text embeddings. image_emb (n, D), labels (n,) class indices, class_emb (len(classes), D);
+    both are L2-normalised here, in float64, and every image is scored (see `zero_shot` for
+    dropping the images of other classes)."""
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+    predicted = np.asarray(classes)[topk(unit(image_emb), unit(class_emb), max(ks))]
+    truth = np.asarray(labels)[:, None]
+    return {k: float(np.mean((predicted[:, :k] == truth).any(axis=1))) for k in ks}
+
+
 def load_captions(path: str) -> Tuple[List[str], List[str], List[int]]:
     """(image paths, captions, image index of each caption)."""
     base = os.path.dirname(os.path.abspath(path))
@@ -212,7 +242,7 @@ def evaluate_zeroshot(encoder, data: str, classnames: Optional[List[str]] = None
     storages = _check_storages(storages)
     paths, labels, names = load_classification(data, classnames)
     templates = list(templates) if templates else model_templates(encoder.manifest)
-    classes = [c for c in range(len(names)) if c % every == 0] if every else None
+    classes = heldout_split(len(names), every)[1].tolist() if every else None
     t0 = time.perf_counter()
     emb, idx, errors = encoder.encode_images(paths, on_error="skip", return_errors=True, progress=progress)
     cls_names = names if classes is None else [names[c] for c in classes]
