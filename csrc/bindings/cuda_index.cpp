@@ -13,7 +13,7 @@
 #include "cliprt/codec.h"
 #include "cliprt/errors.h"
 #include "cliprt/index.h"
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 #include "index/device_index.h"
 
 namespace py = pybind11;

@@ -1,7 +1,7 @@
 // Device memory of a DeviceIndex, by row: codes (pitch bytes), scales (i8, b1), ids,
 // float32 originals (when kept) and the deletion bitmap (32-bit words).
 #pragma once
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 #include "index/device_index.h"
 
 namespace cliprt {

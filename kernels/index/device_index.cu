@@ -1,5 +1,5 @@
 // DeviceIndex: storage management (add, remove, copies to and from the CPU index, lookups).
-// Search is in index/search.cu.
+// Search is in index/device_search.cu.
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -71,7 +71,7 @@ class DeviceIndex : public CataloguedIndex {
   bool keep_originals() const { return keep_; }
   int64_t memory_bytes() const;  // device bytes held
 
-  struct Arrays;  // device memory (common/runtime.h), defined in device_index.cu
+  struct Arrays;  // device memory (common/cuda_host.h), defined in device_index.cu
 
  private:
   int64_t num_parts() const override { return 1; }

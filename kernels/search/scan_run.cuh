@@ -7,7 +7,7 @@
 #include <string>
 
 #include "common/check.h"
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 #include "search/scan_mma.cuh"
 #include "search/scan_simt.cuh"
 

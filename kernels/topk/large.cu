@@ -9,7 +9,7 @@
 
 #include "common/check.h"
 #include "common/keys.cuh"
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 #include "topk/select.h"
 
 namespace cliprt {

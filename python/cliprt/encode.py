@@ -25,7 +25,7 @@ import numpy as np
 
 from ._progress import progress_bar
 from .models import ModelPackage, Manifest
-from .pipeline import ItemError, prepare_batches
+from .batches import ItemError, prepare_batches
 from .runtime import TowerSession, check_providers, default_threads
 
 __all__ = ["Encoder", "EncodedBatch", "ItemError", "EncodeWarning"]

@@ -12,7 +12,7 @@
 
 #include "cliprt/errors.h"
 #include "cliprt/index.h"
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 #include "index/device_index.h"
 
 using namespace cliprt;

@@ -33,7 +33,7 @@ if [ "$what" = all ] || [ "$what" = index ] || [ "$what" = python ]; then
     "${cxx[@]}" -c "$f" -o "$o" &
     objs+=("$o") pids+=($!)
   done
-  for f in common/device common/runtime index/device_index index/search search/dispatch; do
+  for f in common/device common/cuda_host index/device_index index/device_search search/dispatch; do
     o="$out/$(basename "$f").cu.o"
     "${cxx[@]}" -x c++ -c "kernels/$f.cu" -o "$o" &
     objs+=("$o") pids+=($!)

@@ -1,4 +1,4 @@
-#include "common/runtime.h"
+#include "common/cuda_host.h"
 
 #include <atomic>
 #include <mutex>
