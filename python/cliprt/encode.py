@@ -355,7 +355,7 @@ def _resolve(model) -> str:
 
 
 def _make_tokenizer(package: ModelPackage):
-    from .tokenize import ClipTokenizer, WordPieceTokenizer
+    from .text import ClipTokenizer, WordPieceTokenizer
 
     spec = package.manifest.text
     path = package.file(spec.tokenizer_file)
