@@ -319,8 +319,7 @@ class Encoder:
 def _slices(n: int, runners: int) -> List[Tuple[int, int]]:
     """Row ranges that cut a batch of `n` into the fewest near-equal slices of at most
     MAX_SLICE rows that still give each runner one. Small slices keep a core's activations in
-    its cache and the pipeline fine-grained: at batch 32 on 2 cores, slices of 4 ran ViT-B-32
-    at 1.04x and MobileCLIP-S1 at 1.08x the speed of slices of 16 (medians of 2 x 3 passes)."""
+    its cache and the pipeline fine-grained (what the slicing gains: benchmarks/results/encode.md)."""
     if n == 0:
         return []
     parts = min(n, max(runners, -(-n // MAX_SLICE)))

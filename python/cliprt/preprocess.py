@@ -31,8 +31,8 @@ and ``Resize((h, w))`` alone for "squash". The details that matter for exactness
   transposes before resizing, which equals ``ImageOps.exif_transpose`` then the reference.
 * The normalisation does the reference's own float32 operations (divide by 255, subtract
   the float32 mean, divide by the float32 std). A fused ``x * scale + offset`` is cheaper
-  but not bit-identical, and the exact arithmetic costs ~0.15 ms per 224 px image against
-  several ms of decoding, so both modes use it.
+  but not bit-identical, and the exact arithmetic is small next to decoding, so both modes
+  use it.
 * Exact mode resizes the whole image and then crops, like the reference. Resizing only the
   cropped region (``resize(box=...)``) would be cheaper but is not bit-identical: Pillow
   takes the box as float32, so the filter positions shift by rounding, and it picks the
@@ -77,9 +77,9 @@ MODES = ("exact", "fast")
 DEFAULT_MAX_PIXELS = 89_478_485
 
 # Fast mode decodes JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) whose short side stays
-# >= DRAFT_MARGIN x the resize target. 1.5 keeps a real resize after the draft (~2.4x exact
-# on a 1024 px photo, mean |d| 0.005); 1.0 is faster (~3.6x) but deviates ~4x more
-# (benchmarks/results/preprocess.md).
+# >= DRAFT_MARGIN x the resize target. 1.5 keeps a real resize after the draft; 1.0 is faster
+# but deviates several times more from the exact result (speed and deviation of both:
+# benchmarks/results/preprocess.md).
 DRAFT_MARGIN = 1.5
 # Formats Pillow may open: raster photo and web formats. Anything else (EPS and PostScript,
 # which Pillow hands to Ghostscript; PDF; exotic scientific formats) is refused as an
