@@ -29,8 +29,12 @@ void DeletionBitmap::assign(const void* words, int64_t rows, int64_t capacity_ro
   for (uint64_t w : words_) count_ += __builtin_popcountll(w);
 }
 
-std::vector<int64_t> RowCatalog::checked_new_ids(const int64_t* ids, int64_t n) {
+void RowCatalog::check_add_count(int64_t n) {
   if (n >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");
+}
+
+std::vector<int64_t> RowCatalog::checked_new_ids(const int64_t* ids, int64_t n) {
+  check_add_count(n);
   std::vector<int64_t> out(static_cast<size_t>(n));
   if (!ids) return out;
   for (int64_t i = 0; i < n; ++i) {

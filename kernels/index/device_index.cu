@@ -82,7 +82,7 @@ std::vector<uint32_t> DeviceIndex::allowed_rows(const int64_t* allow, int64_t n)
 
 std::vector<int64_t> DeviceIndex::add(const float* x, int64_t n, bool on_device, const int64_t* ids, bool has_stream,
                                       StreamHandle stream_handle) {
-  if (n >= (int64_t(1) << kLocShift)) throw ValueError("too many vectors in one add");  // before any device work
+  RowCatalog::check_add_count(n);  // before any device work
   DeviceGuard guard(device_);
   cudaStream_t stream = has_stream ? as_stream(stream_handle) : thread_stream(device_);
   const int64_t chunk = std::max<int64_t>(1, int64_t(kChunkBytes / (size_t(dim_) * 4)));

@@ -66,6 +66,8 @@ class RowCatalog {
   // each id in [0, 2**63 - 2], none twice within the call. Returns them, or n zeros when
   // ids is null (assign() fills them in). Raises ValueError. Call before taking any lock.
   static std::vector<int64_t> checked_new_ids(const int64_t* ids, int64_t n);
+  // The row-count rule alone (for owners that must check it before other work).
+  static void check_add_count(int64_t n);
   // Completes checked_new_ids under the owner's exclusive lock: explicit ids must not be
   // stored already; automatic ids continue from next_id. Changes nothing. Raises ValueError.
   void assign(std::vector<int64_t>& ids, bool explicit_ids) const;
