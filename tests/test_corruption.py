@@ -738,3 +738,106 @@ def test_resave_of_loaded_index_after_its_segment_was_damaged(tmp_path):
     q = _data(3, seed=4)
     for a, b in zip(ix.search(q, k=5), copy.search(q, k=5)):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# Crafted headers: every field a size is computed from, with the header checksum and the
+# manifest re-sealed so the loader's own checks are what stands between the file and a
+# wrapped size, an absurd allocation or a misaligned read. Each load runs in a subprocess,
+# so a crash is seen as a crash.
+
+def _craft_segment(d, *, rows=None, dim=None, sections=None, manifest_rows=False):
+    """Rewrites the segment's header fields and section table entries ({index: (offset,
+    bytes)}), re-seals its checksum and the manifest's record of it (and, with
+    manifest_rows, the manifest's row count too)."""
+    seg = _seg_file(d)
+    with open(seg, "r+b") as f:
+        hdr = bytearray(f.read(HEADER_BYTES))
+        vals = list(RAW_HEADER.unpack_from(hdr, 0))
+        if rows is not None:
+            vals[7] = rows
+        if dim is not None:
+            vals[4] = dim
+        RAW_HEADER.pack_into(hdr, 0, *vals)
+        size = os.path.getsize(seg)
+        for i, (off, nbytes) in (sections or {}).items():
+            base = RAW_HEADER.size + i * RAW_SECTION.size
+            kind, res, _, _, h = RAW_SECTION.unpack_from(hdr, base)
+            if off + nbytes <= size:        # a checksum that matches the bytes now pointed at
+                f.seek(off)
+                h = xxh64(f.read(nbytes))
+            RAW_SECTION.pack_into(hdr, base, kind, res, off, nbytes, h)
+        newh = xxh64(bytes(hdr[:HASH_OFFSET]))
+        struct.pack_into("<Q", hdr, HASH_OFFSET, newh)
+        f.seek(0)
+        f.write(hdr)
+    name = os.path.basename(seg)
+
+    def edit(lines):
+        out = []
+        for line in lines:
+            if line.startswith("segment " + name):
+                parts = line.split()
+                parts[3] = "%016x" % newh
+                if manifest_rows and rows is not None:
+                    parts[2] = str(rows)
+                line = " ".join(parts)
+            out.append(line)
+        return out
+
+    _rewrite_manifest(d, edit)
+    return name
+
+
+_LOAD_IN_CHILD = """
+import sys, cliprt
+for mmap in (True, False):
+    try:
+        ix = cliprt.Index.load(sys.argv[1], mmap=mmap)
+        ix.verify()
+        print("LOADED", len(ix))
+    except cliprt.FormatError as e:
+        print("FormatError", e)
+    except BaseException as e:
+        print("UNEXPECTED", type(e).__name__, e)
+"""
+
+
+def _craft_cases():
+    ids_off = HEADER_BYTES
+    wrapped = {i: (ids_off, 0) for i in range(4)}   # every section empty: sizes that wrap to 0
+    return {
+        "rows-2^61-sizes-wrap-to-0": dict(rows=1 << 61, manifest_rows=True, sections=wrapped, storage="f32"),
+        "rows-2^62-sizes-wrap-to-0": dict(rows=1 << 62, manifest_rows=True, sections=wrapped, storage="f32"),
+        "rows-2^61": dict(rows=1 << 61),
+        "rows-2^61-manifest-too": dict(rows=1 << 61, manifest_rows=True),
+        "rows-2^40": dict(rows=1 << 40, manifest_rows=True),
+        "rows-2^64-1": dict(rows=(1 << 64) - 1, manifest_rows=True),
+        "dim-2^31": dict(dim=1 << 31),
+        "dim-2^32-1": dict(dim=(1 << 32) - 1),
+        "odd-offset": dict(sections={0: (ids_off + 1, N * 8)}),
+        "offset-8-aligned": dict(sections={0: (ids_off + 8, N * 8)}),
+        "odd-offset-codes": dict(sections={2: (ids_off + 4096 * 2 + 3, 4096)}),
+        "overlapping": dict(sections={2: (ids_off, N * 8)}),   # codes over ids
+        "wrapping-size": dict(sections={0: (ids_off, (1 << 64) - 8)}),
+        "offset-in-header": dict(sections={0: (0, N * 8)}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_craft_cases()))
+def test_crafted_header_is_a_format_error_in_a_subprocess(tmp_path, case):
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "ix")
+    craft = dict(_craft_cases()[case])
+    storage = craft.pop("storage", "i8")
+    _make_index(d, storage=storage, keep_originals=storage != "f32")
+    name = _craft_segment(d, **craft)
+    r = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, d], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{case}: the loading process died ({r.returncode}): {r.stderr[-2000:]}"
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2, r.stdout + r.stderr
+    for line in lines:
+        assert line.startswith("FormatError"), f"{case}: {line}"
+        assert name in line or "MANIFEST" in line, f"{case}: the error does not name the file: {line}"

@@ -229,9 +229,10 @@ def test_sigkill_during_save_leaves_old_or_new_state(crash_setup):
     ix = Index.load(d)
     ix.save(d)
     names = sorted(os.listdir(d))
-    assert not [n for n in names if n.endswith(".tmp")], names
+    assert not [n for n in names if ".tmp" in n], names
     manifest = open(os.path.join(d, "MANIFEST")).read()
-    stray = [n for n in names if n != "MANIFEST" and n not in manifest]
+    # LOCK stays (removing a lock file would let two writers lock two inodes of one name).
+    stray = [n for n in names if n not in ("MANIFEST", "LOCK") and n not in manifest]
     assert not stray, f"seed={seed}: files no manifest references: {stray}"
     _check_state(d, {state}, setup, f"seed={seed} after final clean save")
 
@@ -280,17 +281,18 @@ def _two_state_index(d):
     return ix, before, np.concatenate([x1[:4], x2[:4]])
 
 
-# A save names its files past every generation present in the directory, so an obstacle can
-# only be planted where the name is predictable: the deletion file of an existing segment
-# and the manifest's temporary.
-@pytest.mark.parametrize("obstacle", ["seg-1-0.cseg.del-2.tmp", "MANIFEST.tmp"])
-def test_failed_save_keeps_previous_state(tmp_path, obstacle):
+# A save names its files past every generation present in the directory and its temporaries
+# after its pid and a counter, so an obstacle can only be planted where the name is
+# predictable: the deletion file of an existing segment (a directory there makes the rename
+# into place fail).
+def test_failed_save_keeps_previous_state(tmp_path):
     d = str(tmp_path / "ix")
     ix, before, q = _two_state_index(d)
-    os.mkdir(os.path.join(d, obstacle))     # open(O_CREAT) of this path fails (EISDIR)
-    with pytest.raises(OSError):
+    obstacle = os.path.join(d, "seg-1-0.cseg.del-2")
+    os.mkdir(obstacle)
+    with pytest.raises(OSError, match="cannot rename into"):
         ix.save(d)
-    os.rmdir(os.path.join(d, obstacle))
+    os.rmdir(obstacle)
     after = {n: open(os.path.join(d, n), "rb").read() for n in os.listdir(d)}
     assert after == before, f"failed save left {sorted(set(after) - set(before))} / changed files"
     old = Index.load(d)
@@ -307,11 +309,13 @@ def test_failed_save_keeps_previous_state(tmp_path, obstacle):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("leftovers", [["seg-1-0.cseg.tmp"], ["seg-1-0.cseg", "seg-1-1.cseg.tmp"]],
-                         ids=["tmp-only", "renamed-segment"])
+@pytest.mark.parametrize("leftovers", [["seg-1-0.cseg.tmp-4242-0"],
+                                       ["seg-1-0.cseg", "seg-1-1.cseg.tmp-4242-1", "MANIFEST.tmp-4242-2"],
+                                       ["seg-1-0.cseg.tmp", "MANIFEST.tmp"]],
+                         ids=["tmp-only", "renamed-segment", "older-tmp-names"])
 def test_retry_after_killed_first_save(tmp_path, leftovers):
     """A first save into a new directory killed before its MANIFEST was written leaves only
-    the library's own partial files (observed with SIGKILL: ['seg-1-0.cseg.tmp']). There is
+    the library's own partial files (observed with SIGKILL: a segment's temporary). There is
     no previous state to keep, so load() reports "not an index"; retrying the save must
     work rather than refuse the directory as foreign."""
     d = tmp_path / "ix"

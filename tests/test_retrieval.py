@@ -136,6 +136,10 @@ def test_collection_roundtrip_and_filters(collection, enc):
     assert sorted(col2.select(path_like="%/dogs/%").tolist()) == [0, 3, 6, 9]
     with pytest.raises(ValueError, match="field"):
         col2.select({"x'); DROP TABLE items; --": 1})
+    # One writer at a time: while the creator holds the collection, a second writer is refused.
+    with pytest.raises(cliprt.LockedError, match=str(os.getpid())):
+        Collection.open(col.path, timeout=0).begin_writing()
+    col.close()
     # replacing a key gives it a new id and removes the old vector
     new = col2.add(emb[:1], [{"key": "img0", "path": "/photos/dogs/img0.png", "meta": {"label": "dog"}}])
     col2.commit()
@@ -146,13 +150,30 @@ def test_collection_roundtrip_and_filters(collection, enc):
         Collection.open(os.path.join(col.path, "nope"))
 
 
-def test_collection_drops_orphans_after_a_crash(collection, enc, rng):
+def test_collection_orphans_hidden_by_readers_removed_by_the_next_writer(collection, enc, rng):
     col, images, emb, _ = collection
     extra = enc.encode_images([_png(rng)])
     col.index.add(extra, np.array([100]))
     col.index.save(os.path.join(col.path, "vectors"))     # index written, metadata never committed
-    reopened = Collection.open(col.path)
-    assert 100 not in reopened.index and len(reopened) == 12
+    col.close()
+    files = {n: os.stat(os.path.join(col.path, "vectors", n)).st_mtime_ns
+             for n in os.listdir(os.path.join(col.path, "vectors"))}
+    reader = Collection.open(col.path)
+    assert len(reader) == 12 and 100 in reader.index           # hidden, not removed: readers never write
+    hits = Retriever(enc, reader).search_vector(extra[0], k=13)
+    assert [h.id for h in hits if h.id == 100] == [] and len(hits) == 12
+    assert {n: os.stat(os.path.join(col.path, "vectors", n)).st_mtime_ns
+            for n in os.listdir(os.path.join(col.path, "vectors"))} == files
+    writer = Collection.open(col.path)
+    writer.begin_writing()
+    assert 100 not in writer.index and len(writer) == 12
+    writer.close()
+    assert 100 not in Collection.open(col.path).index
+    # The orphan's id is never handed out again.
+    writer = Collection.open(col.path)
+    new = writer.add(extra, [{"key": "new"}])
+    assert new.tolist() == [101]
+    writer.close()
 
 
 def test_retriever(collection, enc):

@@ -109,6 +109,7 @@ void def_index_api(Cls& c) {
       .def("contains", &Ix::contains)
       .def("ids", [](const Ix& ix) { return to_array(ix.ids()); })
       .def("__len__", &Ix::size)
+      .def_property_readonly("next_id", &Ix::next_id)
       .def_property_readonly("dim", &Ix::dim)
       .def_property_readonly("metric", [](const Ix& ix) { return std::string(metric_name(ix.metric())); })
       .def_property_readonly("storage", [](const Ix& ix) { return std::string(storage_name(ix.storage())); })

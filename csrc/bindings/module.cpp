@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "cliprt/build_info.h"
+#include "cliprt/dir_lock.h"
 #include "cliprt/errors.h"
 #include "cliprt/index.h"
 #include "cliprt/scan.h"
@@ -58,11 +59,20 @@ py::tuple search_rows(const Index& ix, const py::object& queries, const SearchPa
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cliprt native core";
   static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  static py::exception<LockedError> locked_error(m, "LockedError", PyExc_OSError);
+  static py::exception<ConflictError> conflict_error(m, "ConflictError", PyExc_OSError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FormatError& e) {
       py::set_error(format_error, e.what());
+    } catch (const LockedError& e) {
+      py::object err = py::reinterpret_borrow<py::object>(locked_error.ptr())(e.what());
+      err.attr("pid") = e.pid;
+      err.attr("path") = e.path;
+      PyErr_SetObject(locked_error.ptr(), err.ptr());
+    } catch (const ConflictError& e) {
+      py::set_error(conflict_error, e.what());
     } catch (const ValueError& e) {
       py::set_error(PyExc_ValueError, e.what());
     } catch (const TypeError& e) {
@@ -83,10 +93,11 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("dim"), py::arg("metric"), py::arg("storage"), py::arg("keep_originals"))
       .def("save",
-           [](Index& ix, const std::string& path) {
+           [](Index& ix, const std::string& path, double timeout) {
              py::gil_scoped_release release;
-             ix.save(path);
-           })
+             ix.save(path, timeout);
+           },
+           py::arg("path"), py::arg("timeout"))
       .def_static("load",
                   [](const std::string& path, bool mmap, bool verify) {
                     py::gil_scoped_release release;
@@ -112,6 +123,17 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("storage"), py::arg("keep_originals"), py::arg("k"),
       "The oversampling R a search uses at this k when rescore is not given (index.h).");
+  // The writers' lock of a directory (dir_lock.h), for the Python side's own directories.
+  py::class_<DirLock>(m, "DirectoryLock")
+      .def(py::init([](const std::string& dir, double timeout, const std::string& what) {
+             py::gil_scoped_release release;
+             return DirLock::acquire(dir, timeout, what);
+           }),
+           py::arg("dir"), py::arg("timeout"), py::arg("what"))
+      .def_property_readonly("path", &DirLock::path)
+      .def_property_readonly("held", &DirLock::held)
+      .def("release", &DirLock::release);
+
   m.def("build_info", [] {
     BuildInfo b = build_info();
     py::dict d;

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cliprt/codec.h"
+#include "cliprt/dir_lock.h"
 #include "cliprt/errors.h"
 #include "cliprt/hash.h"
 #include "cliprt/index.h"
@@ -34,11 +35,26 @@ std::string canonical_dir(const std::string& dir) {
   return buf;
 }
 
-// Names an index directory may contain: the manifest, segment and deletion files, and the
-// temporaries of an interrupted save.
+// Names an index directory may contain: the manifest, segment and deletion files, the
+// writers' lock, and the temporaries of an interrupted save ("NAME.tmp-PID-N"; "MANIFEST.tmp"
+// from older builds).
 bool is_index_file_name(const std::string& n) {
-  return n == "MANIFEST" || n == "MANIFEST.tmp" || (n.rfind("seg-", 0) == 0 && n.find(".cseg") != std::string::npos);
+  return n == "MANIFEST" || n == "LOCK" || n.rfind("MANIFEST.tmp", 0) == 0 ||
+         (n.rfind("seg-", 0) == 0 && n.find(".cseg") != std::string::npos);
 }
+
+// Files a manifest names.
+void add_names(const Manifest& m, std::set<std::string>* out) {
+  for (auto& s : m.segments) {
+    out->insert(s.file);
+    if (!s.del_file.empty()) out->insert(s.del_file);
+  }
+}
+
+// A file the manifest names is gone: a writer removed it after this load read MANIFEST.
+struct Vanished {
+  std::string path;
+};
 
 struct SegmentSnapshot {
   std::shared_ptr<Segment> seg;
@@ -47,6 +63,10 @@ struct SegmentSnapshot {
 };
 
 std::string read_text_file(const std::string& path) {
+  constexpr off_t kMaxManifestBytes = off_t(1) << 28;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && (!S_ISREG(st.st_mode) || st.st_size > kMaxManifestBytes))
+    throw FormatError("corrupt index manifest '" + path + "': not a regular file of at most 256 MiB");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw_errno("cannot open", path);
   std::stringstream ss;
@@ -55,37 +75,56 @@ std::string read_text_file(const std::string& path) {
 }
 }  // namespace
 
-void Index::save(const std::string& dir_in) {
+void Index::save(const std::string& dir_in, double lock_timeout_s) {
   std::lock_guard<std::mutex> save_lock(save_mu_);
   if (::mkdir(dir_in.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("cannot create directory", dir_in);
   const std::string dir = canonical_dir(dir_in);
   const std::string manifest_path = dir + "/MANIFEST";
-  uint64_t disk_generation = 0;
-  if (file_exists(manifest_path)) {
-    try {
-      disk_generation = manifest_from_text(read_text_file(manifest_path), manifest_path).generation;
-    } catch (const FormatError&) {
-      // Replacing a damaged index is allowed; its generation is unknown, so jump ahead.
-      disk_generation = generation_ + 1000;
-    }
-  } else {
-  }
-  // Without a manifest the directory may hold only what an interrupted first save left.
-  // New files are named past every generation already present, so none is overwritten.
+  // Refuse a directory that holds something else before creating LOCK in it.
   {
     DIR* d = ::opendir(dir.c_str());
     if (!d) throw_errno("cannot list", dir);
     bool foreign = false;
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;
-      if (n == "." || n == "..") continue;
-      if (!is_index_file_name(n)) foreign = true;
-      else if (n.rfind("seg-", 0) == 0)
-        disk_generation = std::max<uint64_t>(disk_generation, std::strtoull(n.c_str() + 4, nullptr, 10));
+      if (n != "." && n != ".." && !is_index_file_name(n)) foreign = true;
     }
     ::closedir(d);
     if (foreign && !file_exists(manifest_path))
       throw ValueError("'" + dir_in + "' exists, is not empty and is not a cliprt index: refusing to write into it");
+  }
+  // 0. One writer at a time; everything below sees the directory as the last writer left it.
+  auto dir_lock = DirLock::acquire(dir, lock_timeout_s, "index directory");
+  uint64_t disk_generation = 0;
+  bool previous_ok = false;
+  Manifest previous;
+  if (file_exists(manifest_path)) {
+    try {
+      previous = manifest_from_text(read_text_file(manifest_path), manifest_path);
+      disk_generation = previous.generation;
+      previous_ok = true;
+    } catch (const FormatError&) {
+      // Replacing a damaged index is allowed; its generation is unknown, so jump ahead.
+      disk_generation = generation_ + 1000;
+    }
+  }
+  if (previous_ok && home_dir_ == dir && disk_generation != generation_)
+    throw ConflictError("index directory '" + dir_in + "' was saved by another writer (generation " +
+                        std::to_string(disk_generation) + ") since this index was loaded from or saved to it " +
+                        "(generation " + std::to_string(generation_) +
+                        "); saving now would drop that writer's rows: load the directory again and redo the changes");
+  // New files are named past every generation present (an interrupted save may have left
+  // files of a generation no manifest names), so none is overwritten.
+  {
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) throw_errno("cannot list", dir);
+    while (dirent* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (n.rfind("seg-", 0) != 0) continue;
+      const uint64_t g = std::strtoull(n.c_str() + 4, nullptr, 10);
+      if (g < (uint64_t(1) << 62)) disk_generation = std::max(disk_generation, g);
+    }
+    ::closedir(d);
   }
 
   // 1. Seal the open segment and snapshot what to write, under the exclusive lock.
@@ -172,19 +211,20 @@ void Index::save(const std::string& dir_in) {
       if (s.deleted.count() == snap[i].deleted.count()) s.del_dirty = false;
     }
     generation_ = m.generation;
+    home_dir_ = dir;
   }
 
-  // 5. Remove files that no manifest references any more.
+  // 5. Remove what neither this manifest nor the one it replaced names (a reader may still be
+  // opening the files of the previous one), and the temporaries of interrupted saves: only
+  // writers create those, and this one holds the lock.
   std::set<std::string> keep;
-  for (auto& s : m.segments) {
-    keep.insert(s.file);
-    if (!s.del_file.empty()) keep.insert(s.del_file);
-  }
+  add_names(m, &keep);
+  if (previous_ok) add_names(previous, &keep);
   if (DIR* d = ::opendir(dir.c_str())) {
     std::vector<std::string> drop;
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;
-      if (is_index_file_name(n) && n != "MANIFEST" && !keep.count(n)) drop.push_back(n);
+      if (is_index_file_name(n) && n != "MANIFEST" && n != "LOCK" && !keep.count(n)) drop.push_back(n);
     }
     ::closedir(d);
     for (auto& n : drop) ::unlink((dir + "/" + n).c_str());
@@ -196,16 +236,47 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
   if (::stat(dir_in.c_str(), &st) != 0) throw_errno("cannot open index", dir_in);
   const std::string dir = canonical_dir(dir_in);
   const std::string manifest_path = dir + "/MANIFEST";
-  if (!file_exists(manifest_path))
-    throw FormatError("'" + dir_in + "' is not a cliprt index (no MANIFEST)");
-  Manifest m = manifest_from_text(read_text_file(manifest_path), manifest_path);
-  if (m.next_id < 0) throw FormatError("corrupt index manifest '" + manifest_path + "': negative next_id");
+  // Readers take no lock. A writer keeps the files of the manifest it replaces, so a load
+  // races only with a second save completing meanwhile; then a named file is gone, MANIFEST
+  // has changed, and the load starts over from the new one.
+  constexpr int kAttempts = 20;
+  for (int attempt = 1;; ++attempt) {
+    if (!file_exists(manifest_path))
+      throw FormatError("'" + dir_in + "' is not a cliprt index (no MANIFEST)");
+    const std::string text = read_text_file(manifest_path);
+    try {
+      return load_manifest(dir, text, opt);
+    } catch (const Vanished& v) {
+      std::string now;
+      try {
+        now = read_text_file(manifest_path);
+      } catch (const IOError&) {
+      }
+      if (now == text || attempt == kAttempts) throw FormatError("index file missing: '" + v.path + "'");
+    }
+  }
+}
+
+std::unique_ptr<Index> Index::load_manifest(const std::string& dir, const std::string& text,
+                                            const LoadOptions& opt) {
+  const std::string manifest_path = dir + "/MANIFEST";
+  Manifest m = manifest_from_text(text, manifest_path);
   {
     std::set<std::string> names;
     for (auto& ms : m.segments)
       if (!names.insert(ms.file).second || (!ms.del_file.empty() && !names.insert(ms.del_file).second))
         throw FormatError("corrupt index manifest '" + manifest_path + "': file '" + ms.file + "' listed twice");
   }
+  // A file the manifest names: missing means removed by a writer after MANIFEST was read.
+  auto open_listed = [&](const std::string& path, bool mmap) {
+    if (!file_exists(path)) throw Vanished{path};
+    try {
+      return MappedFile::open(path, mmap);
+    } catch (const IOError&) {
+      if (!file_exists(path)) throw Vanished{path};
+      throw;
+    }
+  };
   auto ix = std::make_unique<Index>(m.dim, m.metric, m.storage, m.keep_originals);
   ix->generation_ = m.generation;
   int64_t live = 0;
@@ -213,8 +284,7 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
   for (size_t i = 0; i < m.segments.size(); ++i) {
     const ManifestSegment& ms = m.segments[i];
     const std::string path = dir + "/" + ms.file;
-    if (!file_exists(path)) throw FormatError("index file missing: '" + path + "'");
-    auto f = MappedFile::open(path, opt.mmap);
+    auto f = open_listed(path, opt.mmap);
     ContainerHeader h = read_container_header(*f);
     auto bad = [&](const std::string& what) -> void {
       throw FormatError("corrupt index file '" + path + "': " + what);
@@ -255,8 +325,7 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
     s->deleted.reserve_rows(int64_t(rows));
     if (!ms.del_file.empty()) {
       const std::string dpath = dir + "/" + ms.del_file;
-      if (!file_exists(dpath)) throw FormatError("index file missing: '" + dpath + "'");
-      auto df = MappedFile::open(dpath, false);
+      auto df = open_listed(dpath, false);
       ContainerHeader dh = read_container_header(*df);
       const SectionInfo* del = find_section(dh, SectionKind::Deleted);
       const size_t words = (size_t(rows) + 63) / 64;
@@ -281,6 +350,7 @@ std::unique_ptr<Index> Index::load(const std::string& dir_in, const LoadOptions&
     ix->segments_.push_back(s);
   }
   ix->catalog_.reset(m.next_id, live);
+  ix->home_dir_ = dir;
   return ix;
 }
 

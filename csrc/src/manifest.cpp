@@ -73,11 +73,12 @@ Manifest manifest_from_text(const std::string& text, const std::string& path) {
   std::string metric, storage;
   int keep = 0;
   if (!(in >> key >> m.generation) || key != "generation") bad(path, "missing generation");
-  if (!(in >> key >> m.dim) || key != "dim" || m.dim <= 0) bad(path, "missing or bad dim");
+  if (m.generation >= (uint64_t(1) << 62)) bad(path, "generation out of range");
+  if (!(in >> key >> m.dim) || key != "dim" || m.dim <= 0 || m.dim > kMaxDim) bad(path, "missing or bad dim");
   if (!(in >> key >> metric) || key != "metric") bad(path, "missing metric");
   if (!(in >> key >> storage) || key != "storage") bad(path, "missing storage");
   if (!(in >> key >> keep) || key != "keep_originals") bad(path, "missing keep_originals");
-  if (!(in >> key >> m.next_id) || key != "next_id") bad(path, "missing next_id");
+  if (!(in >> key >> m.next_id) || key != "next_id" || m.next_id < 0) bad(path, "missing or bad next_id");
   if (!(in >> key >> nseg) || key != "segments" || nseg > (1u << 24)) bad(path, "missing segments");
   try {
     m.metric = parse_metric(metric);
@@ -90,7 +91,7 @@ Manifest manifest_from_text(const std::string& text, const std::string& path) {
     ManifestSegment s;
     std::string h1, h2;
     if (!(in >> key >> s.file >> s.rows >> h1 >> s.del_file >> h2) || key != "segment" ||
-        !safe_name(s.file) || s.rows < 0)
+        !safe_name(s.file) || s.rows < 0 || uint64_t(s.rows) >= kMaxRows)
       bad(path, "bad segment line " + std::to_string(i));
     s.hash = parse_hex(h1, path);
     s.del_hash = parse_hex(h2, path);

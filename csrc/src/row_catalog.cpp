@@ -156,6 +156,11 @@ void RowCatalog::ensure_map() const {
   map_ready_.store(true, std::memory_order_release);
 }
 
+int64_t CataloguedIndex::next_id() const {
+  std::shared_lock<RwLock> lock(mu_);
+  return catalog_.next_id();
+}
+
 int64_t CataloguedIndex::size() const {
   std::shared_lock<RwLock> lock(mu_);
   return catalog_.live();

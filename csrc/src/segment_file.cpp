@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "cliprt/dir_lock.h"
 #include "cliprt/errors.h"
 #include "cliprt/hash.h"
 #include "cliprt/persist.h"
@@ -64,10 +65,12 @@ void fsync_dir(const std::string& dir) {
   ::close(fd);
 }
 
+// Writes through a temporary file of a name no other writer uses, created with O_EXCL and
+// O_NOFOLLOW (a file or symlink planted under a temporary name is never written through),
+// then renames it over `path` (rename replaces a symlink there, it does not follow it).
 static void write_synced(const std::string& path, const std::vector<std::pair<const void*, size_t>>& parts) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw_errno("cannot create", tmp);
+  std::string tmp;
+  int fd = create_temp_file(path, &tmp);
   try {
     for (auto& p : parts) write_all(fd, p.first, p.second, tmp);
     if (::fsync(fd) != 0) throw_errno("cannot fsync", tmp);
@@ -77,7 +80,12 @@ static void write_synced(const std::string& path, const std::vector<std::pair<co
     throw;
   }
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("cannot rename into", path);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    errno = err;
+    throw_errno("cannot rename into", path);
+  }
 }
 
 void write_file_atomic(const std::string& path, const std::string& contents) {
@@ -142,11 +150,21 @@ ContainerHeader read_container_header(const MappedFile& f) {
   h.dim = rh.dim;
   h.flags = rh.flags;
   h.rows = rh.rows;
+  // Every size derived from these fields below stays far from 2^64: rows < 2^40, dim <= 2^16.
+  if (rh.rows >= kMaxRows) bad(f, "row count " + std::to_string(rh.rows) + " is over the format's limit of 2^40");
+  if (rh.dim > uint32_t(kMaxDim)) bad(f, "dim " + std::to_string(rh.dim) + " is over the format's limit of 65536");
   for (uint32_t i = 0; i < rh.nsections; ++i) {
     RawSection rs;
     std::memcpy(&rs, f.data() + sizeof rh + i * sizeof rs, sizeof rs);
     if (rs.offset < kHeaderBytes || rs.offset > f.size() || rs.bytes > f.size() - rs.offset)
       bad(f, "truncated: section " + std::to_string(i) + " ends past the end of the file");
+    if (rs.offset % kHeaderBytes != 0)
+      bad(f, "section " + std::to_string(i) + " at offset " + std::to_string(rs.offset) + " is not 4 KiB-aligned");
+    for (auto& other : h.sections) {
+      if (uint32_t(other.kind) == rs.kind) bad(f, "section kind " + std::to_string(rs.kind) + " listed twice");
+      if (rs.bytes && other.bytes && rs.offset < other.offset + other.bytes && other.offset < rs.offset + rs.bytes)
+        bad(f, "section " + std::to_string(i) + " overlaps another section");
+    }
     h.sections.push_back({static_cast<SectionKind>(rs.kind), rs.offset, rs.bytes, rs.hash});
   }
   return h;

@@ -1,8 +1,8 @@
 """cliprt: a native-accelerated inference engine for CLIP-style dual-encoder models."""
-from cliprt._core import FormatError
+from cliprt._core import ConflictError, FormatError, LockedError
 from cliprt.index import Index, build_info
 
-__all__ = ["Index", "FormatError", "build_info", "Encoder", "ModelPackage", "ZeroShotClassifier", "Retriever",
+__all__ = ["Index", "FormatError", "LockedError", "ConflictError", "build_info", "Encoder", "ModelPackage", "ZeroShotClassifier", "Retriever",
            "Collection", "ImageError", "ingest", "IngestReport"]
 __version__ = build_info()["version"]
 

@@ -3,12 +3,26 @@
     DIR/collection.json   format, model, dim, metric, storage
     DIR/vectors/          the cliprt.Index (segments, deletion bitmaps, MANIFEST)
     DIR/metadata.sqlite   items(id, key, path, size, mtime, meta JSON), failures(key, error, ...)
+    DIR/LOCK              the writers' lock
 
 Every item has a unique text `key` (for files: the absolute path) and an int64 id shared by
-the index and the metadata table. `commit()` saves the index first and then commits the
-metadata, so after a crash the index may hold rows the metadata does not know of (never
-the reverse); `Collection.open` removes such orphans, and the items are embedded again by
-the next incremental run.
+the index and the metadata table.
+
+Readers and the writer. Any number of processes may read a collection while one writes it.
+`Collection.open` takes no lock and writes nothing. The first change (`add`, `add_failures`,
+`commit`, `ingest`, or `begin_writing()`) makes the object the collection's writer: it takes
+DIR/LOCK (waiting up to `timeout`, then cliprt.LockedError naming the holder's pid), loads
+the index again as it is on disk now, and holds the lock until `close()`. `create` is a
+writer from the start.
+
+Crashes. `commit()` saves the index first and then commits the metadata, so a crash between
+the two leaves the index ahead of the metadata: rows the metadata does not know of
+("orphans"), and rows the metadata still names but the index has removed (the old vectors of
+re-embedded items). Readers hide both: searches skip orphans and hits without metadata. The
+next writer, under its lock, removes the orphans from the index and the items whose vectors
+are gone from the metadata, so the next incremental run embeds those items again. Ids are
+never reused: new ids start at the index's saved high-water mark (`Index.next_id`), which
+already covers every id of a crashed commit.
 """
 from __future__ import annotations
 
@@ -16,11 +30,13 @@ import json
 import os
 import sqlite3
 import threading
+import urllib.parse
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .index import Index
+from . import _core
+from .index import DEFAULT_LOCK_TIMEOUT, Index, _lock_timeout
 
 __all__ = ["Collection", "CollectionError"]
 
@@ -51,82 +67,126 @@ class CollectionError(ValueError):
 
 
 class Collection:
-    def __init__(self, path: str, config: Dict[str, Any], index: Index, db: sqlite3.Connection):
+    def __init__(self, path: str, config: Dict[str, Any], index: Index, db: sqlite3.Connection, *,
+                 mmap: bool = False, timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT, writer_lock=None):
         self.path = path
         self.config = config
         self.index = index
         self._db = db
         self._lock = threading.RLock()
+        self._mmap = mmap
+        self._timeout = timeout
+        self._writer = writer_lock           # the held DIR/LOCK, or None while reading
+        self._hidden = self._find_orphans() if writer_lock is None else np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ open / create
     @classmethod
-    def create(cls, path, *, model: str, dim: int, storage: str = "f32", metric: str = "cosine") -> "Collection":
+    def create(cls, path, *, model: str, dim: int, storage: str = "f32", metric: str = "cosine",
+               timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> "Collection":
+        """A new, empty collection at `path`, opened as its writer."""
         path = os.fspath(path)
         if os.path.exists(os.path.join(path, "collection.json")):
             raise CollectionError(f"a collection already exists at {path!r}")
         os.makedirs(path, exist_ok=True)
+        lock = _core.DirectoryLock(path, _lock_timeout(timeout), "collection")
+        if os.path.exists(os.path.join(path, "collection.json")):     # created while we waited
+            lock.release()
+            raise CollectionError(f"a collection already exists at {path!r}")
         index = Index(dim, metric=metric, storage=storage)
         config = {"format": FORMAT, "version": VERSION, "model": model, "dim": int(dim), "metric": metric,
                   "storage": storage}
         db = _connect(os.path.join(path, "metadata.sqlite"))
-        self = cls(path, config, index, db)
+        self = cls(path, config, index, db, timeout=timeout, writer_lock=lock)
         self.commit()
-        tmp = os.path.join(path, "collection.json.tmp")
+        tmp = os.path.join(path, f"collection.json.tmp-{os.getpid()}")
         with open(tmp, "w") as f:
             json.dump(config, f, indent=2)
         os.replace(tmp, os.path.join(path, "collection.json"))
         return self
 
     @classmethod
-    def open(cls, path, mmap: bool = False) -> "Collection":
+    def open(cls, path, mmap: bool = False, *, timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> "Collection":
+        """Opens a collection for reading: no lock, no writes. It becomes the writer at its
+        first change (see the module notes); `timeout` is how long that waits for the lock."""
         path = os.fspath(path)
-        cfg_path = os.path.join(path, "collection.json")
-        if not os.path.isfile(cfg_path):
-            raise CollectionError(f"no collection at {path!r} (collection.json missing); create one with "
-                                  "`cliprt embed SRC --model M --index DIR`")
-        try:
-            with open(cfg_path) as f:
-                config = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CollectionError(f"{cfg_path!r} is unreadable: {e}") from None
-        if config.get("format") != FORMAT or config.get("version") != VERSION:
-            raise CollectionError(f"{cfg_path!r} is not a cliprt collection (version {VERSION})")
+        _lock_timeout(timeout)
+        config = _read_config(path)
         index = Index.load(os.path.join(path, "vectors"), mmap=mmap)
-        db = _connect(os.path.join(path, "metadata.sqlite"))
-        self = cls(path, config, index, db)
-        self._drop_orphans()
-        return self
+        db = _connect(os.path.join(path, "metadata.sqlite"), read_only=True)
+        return cls(path, config, index, db, mmap=mmap, timeout=timeout)
 
     @classmethod
     def open_or_create(cls, path, *, model: str, dim: int, storage: str = "f32",
-                       metric: str = "cosine") -> "Collection":
+                       metric: str = "cosine", timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> "Collection":
         if os.path.isfile(os.path.join(os.fspath(path), "collection.json")):
-            col = cls.open(path)
+            col = cls.open(path, timeout=timeout)
             if col.config["dim"] != dim:
+                col.close()
                 raise CollectionError(f"collection {os.fspath(path)!r} holds {col.config['dim']}-d embeddings, "
                                       f"the model gives {dim}-d")
             if col.config["model"] != model:
+                col.close()
                 raise CollectionError(f"collection {os.fspath(path)!r} was embedded with model "
                                       f"{col.config['model']!r}, not {model!r}")
             return col
-        return cls.create(path, model=model, dim=dim, storage=storage, metric=metric)
+        return cls.create(path, model=model, dim=dim, storage=storage, metric=metric, timeout=timeout)
 
-    def _drop_orphans(self) -> None:
+    @property
+    def writing(self) -> bool:
+        """True once this object holds the collection's writer lock."""
+        return self._writer is not None
+
+    def begin_writing(self) -> None:
+        """Makes this object the collection's writer now (the first change does it anyway):
+        takes DIR/LOCK, reloads the index as it is on disk, and repairs what a crashed
+        commit left (see the module notes). Raises cliprt.LockedError when another process
+        writes the collection past the timeout."""
+        with self._lock:
+            if self._writer is not None:
+                return
+            if self._db is None:
+                raise CollectionError(f"collection {self.path!r} is closed")
+            lock = _core.DirectoryLock(self.path, _lock_timeout(self._timeout), "collection")
+            try:
+                index = Index.load(os.path.join(self.path, "vectors"), mmap=self._mmap)
+                db = _connect(os.path.join(self.path, "metadata.sqlite"))
+            except BaseException:
+                lock.release()
+                raise
+            self._db.close()
+            self.index, self._db, self._writer = index, db, lock
+            self._hidden = np.zeros(0, np.int64)
+            self._repair()
+
+    def _item_ids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self._db.execute("SELECT id FROM items")), np.int64)
+
+    def _find_orphans(self) -> np.ndarray:
+        """Index rows the metadata does not name (a reader hides them)."""
         stored = self.index.ids()
         if len(stored) == 0:
+            return np.zeros(0, np.int64)
+        return np.setdiff1d(stored, self._item_ids())
+
+    def _repair(self) -> None:
+        """The writer's clean-up of a crashed commit: orphan rows leave the index, items whose
+        vectors the index no longer holds leave the metadata (they are embedded again)."""
+        stored, named = self.index.ids(), self._item_ids()
+        orphans = np.setdiff1d(stored, named)
+        lost = np.setdiff1d(named, stored)
+        if len(orphans) == 0 and len(lost) == 0:
             return
-        known = np.fromiter((r[0] for r in self._db.execute("SELECT id FROM items")), np.int64)
-        orphans = np.setdiff1d(stored, known)
         if len(orphans):
             self.index.remove(orphans)
-            self.index.save(os.path.join(self.path, "vectors"))
+        self._db.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in lost])
+        self.commit()
 
     # ------------------------------------------------------------------ writing
     def next_id(self) -> int:
+        """The next id to hand out: past the index's saved high-water mark and past every id
+        the metadata names, so no id ever names two items, whatever crashed before."""
         row = self._db.execute("SELECT MAX(id) FROM items").fetchone()
-        stored = self.index.ids()
-        top = max(row[0] if row[0] is not None else -1, int(stored.max()) if len(stored) else -1)
-        return top + 1
+        return max(self.index.next_id, (row[0] + 1) if row[0] is not None else 0)
 
     def add(self, embeddings: np.ndarray, records: Sequence[Dict[str, Any]]) -> np.ndarray:
         """Adds embeddings with one record each ({"key", "path"?, "size"?, "mtime"?, "meta"?});
@@ -136,6 +196,7 @@ class Collection:
         if len(records) == 0:
             return np.zeros(0, np.int64)
         with self._lock:
+            self.begin_writing()
             keys = [r["key"] for r in records]
             old = self._ids_of(keys)
             if old:
@@ -153,6 +214,7 @@ class Collection:
 
     def add_failures(self, failures: Sequence[Dict[str, Any]]) -> None:
         with self._lock:
+            self.begin_writing()
             self._db.executemany(
                 "INSERT OR REPLACE INTO failures (key, path, size, mtime, error) VALUES (?, ?, ?, ?, ?)",
                 [(f["key"], f.get("path"), f.get("size"), f.get("mtime"), f["error"]) for f in failures])
@@ -162,17 +224,31 @@ class Collection:
         ``cliprt.ingest(self, source, encoder, **kwargs)`` (returns its IngestReport)."""
         from .ingestion import ingest
 
+        self.begin_writing()
         return ingest(self, source, encoder, **kwargs)
 
     def commit(self) -> None:
         """Index first, metadata second (see the module notes)."""
         with self._lock:
-            self.index.save(os.path.join(self.path, "vectors"))
+            self.begin_writing()
+            self.index.save(os.path.join(self.path, "vectors"), timeout=self._timeout)
             self._db.commit()
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) - len(self._hidden)
+
+    def searchable(self, where: Optional[Dict[str, Any]] = None, path_like: Optional[str] = None
+                   ) -> Optional[np.ndarray]:
+        """The ids a search may return: None for every row of the index, else an id array
+        (the `select` of the filters, less the rows a reader hides)."""
+        if where or path_like:
+            allow = self.select(where, path_like)
+        elif len(self._hidden):
+            allow = self.index.ids()
+        else:
+            return None
+        return np.setdiff1d(allow, self._hidden) if len(self._hidden) else allow
 
     def _ids_of(self, keys: Sequence[str]) -> Dict[str, int]:
         out: Dict[str, int] = {}
@@ -224,7 +300,15 @@ class Collection:
         return np.fromiter((r[0] for r in self._db.execute(q, params)), np.int64)
 
     def close(self) -> None:
-        self._db.close()
+        """Closes the metadata database and gives up the writer lock (uncommitted changes are
+        discarded)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
 
     def __enter__(self):
         return self
@@ -233,11 +317,33 @@ class Collection:
         self.close()
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _read_config(path: str) -> Dict[str, Any]:
+    cfg_path = os.path.join(path, "collection.json")
+    if not os.path.isfile(cfg_path):
+        raise CollectionError(f"no collection at {path!r} (collection.json missing); create one with "
+                              "`cliprt embed SRC --model M --index DIR`")
     try:
-        db = sqlite3.connect(path, check_same_thread=False)
-        db.executescript(_SCHEMA)
-        db.execute("PRAGMA journal_mode=WAL")
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CollectionError(f"{cfg_path!r} is unreadable: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise CollectionError(f"{cfg_path!r} is not a cliprt collection (version {VERSION})")
+    return config
+
+
+def _connect(path: str, read_only: bool = False) -> sqlite3.Connection:
+    """The metadata database; a reader's connection is read-only (SQLite itself may still
+    keep its shared-memory file beside the database)."""
+    try:
+        if read_only:
+            db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True,
+                                 check_same_thread=False)
+            db.execute("SELECT 1 FROM items LIMIT 1").fetchall()
+        else:
+            db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as e:
         raise CollectionError(f"metadata database {path!r} is unreadable: {e}") from None
     return db

@@ -28,6 +28,12 @@ MAX_DIM = 65536
 DEFAULT_RESCORE = {s: _core.default_rescore(s, True, 10) for s in STORAGES}
 # Storages that keep float32 originals unless told otherwise.
 KEEPS_ORIGINALS = {"i8", "b1"}
+# Seconds a save waits for another writer of the same directory (SQLite's default busy
+# timeout is of the same order): a save holds the lock for the time of one save only.
+DEFAULT_LOCK_TIMEOUT = 5.0
+
+LockedError = _core.LockedError
+ConflictError = _core.ConflictError
 
 
 def build_info() -> dict:
@@ -60,6 +66,15 @@ def _integer(value, name: str) -> int:
 
 def _optional_integer(value, name: str) -> Optional[int]:
     return None if value is None else _integer(value, name)
+
+
+def _lock_timeout(timeout: Optional[float]) -> float:
+    """A lock timeout for the core: seconds >= 0, or -1 for no limit (None)."""
+    if timeout is None:
+        return -1.0
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+    return float(timeout)
 
 
 def _as_float_rows(x, dim: int, what: str) -> Tuple[np.ndarray, bool]:
@@ -194,6 +209,12 @@ class Index:
         return (f"cliprt.Index(dim={self.dim}, metric={self.metric!r}, storage={self.storage!r}, "
                 f"keep_originals={self.keep_originals}, size={len(self)}{where})")
 
+    @property
+    def next_id(self) -> int:
+        """One past the highest id this index has ever stored (removed ids included; saved
+        with it): automatic ids start here, and no id below it is ever handed out again."""
+        return int(self._ix.next_id)
+
     def ids(self) -> np.ndarray:
         """The ids of all stored vectors (int64), in storage order."""
         return self._ix.ids()
@@ -267,14 +288,21 @@ class Index:
         return out[0] if scalar else out
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path, timeout: Optional[float] = DEFAULT_LOCK_TIMEOUT) -> None:
         """Saves to directory `path`. Saving again to the directory the index was loaded
         from (or last saved to) appends new rows only. Crash-safe: an interrupted save
-        leaves the previous state loadable. A device index is saved through a CPU copy."""
+        leaves the previous state loadable. A device index is saved through a CPU copy.
+
+        One writer at a time, across processes: the save holds the directory's LOCK file,
+        waiting up to `timeout` seconds (None: no limit) for another writer's save to end,
+        then raises cliprt.LockedError naming that writer's pid. When another writer has
+        saved into the directory since this index was loaded from it (or saved to it), the
+        save raises cliprt.ConflictError instead of dropping that writer's rows: load again
+        and redo the changes. Loading takes no lock and never waits for a writer."""
         if self._ordinal is not None:
-            self.to("cpu").save(path)
+            self.to("cpu").save(path, timeout)
             return
-        self._ix.save(os.fspath(path))
+        self._ix.save(os.fspath(path), _lock_timeout(timeout))
 
     @classmethod
     def load(cls, path, mmap: bool = True, verify: bool = True, device="cpu") -> "Index":

@@ -77,11 +77,16 @@ class Retriever:
         """`store`: a cliprt Collection (results carry metadata) or a bare cliprt.Index."""
         self.encoder = encoder
         if isinstance(store, Index):
-            self.index, self.collection = store, None
+            self._index, self.collection = store, None
         else:
-            self.index, self.collection = store.index, store
+            self._index, self.collection = None, store
         if self.index.dim != encoder.dim:
             raise ValueError(f"index holds {self.index.dim}-d vectors, the model gives {encoder.dim}-d embeddings")
+
+    @property
+    def index(self) -> Index:
+        """The index searched (a collection's current one: a writer reloads it on its first change)."""
+        return self._index if self.collection is None else self.collection.index
 
     # ------------------------------------------------------------------ queries
     def search(self, text: Optional[str] = None, image=None, k: int = 10, *, alpha: float = 0.5,
@@ -134,15 +139,25 @@ class Retriever:
 
     def search_vector(self, query: np.ndarray, k: int = 10, where: Optional[Dict[str, Any]] = None,
                       path_like: Optional[str] = None) -> List[Hit]:
-        allow = None
-        if where or path_like:
-            if self.collection is None:
+        query = np.asarray(query, np.float32)
+        if self.collection is None:
+            if where or path_like:
                 raise ValueError("metadata filters need a Collection, not a bare Index")
-            allow = self.collection.select(where, path_like)
-            if len(allow) == 0:
-                return []
-        scores, ids = self.index.search(np.asarray(query, np.float32), k=k, allow=allow)
-        keep = ids >= 0
-        scores, ids = scores[keep], ids[keep]
-        meta = self.collection.metadata(ids) if self.collection is not None else {}
-        return [Hit(int(i), float(s), meta.get(int(i), {})) for s, i in zip(scores, ids)]
+            scores, ids = self.index.search(query, k=k)
+            keep = ids >= 0
+            return [Hit(int(i), float(s), {}) for s, i in zip(scores[keep], ids[keep])]
+        allow = self.collection.searchable(where, path_like)
+        if allow is not None and len(allow) == 0:
+            return []
+        # A hit without metadata is a row the metadata has dropped since this index was
+        # loaded (an item re-embedded by a writer in another process): skip it, and ask for
+        # more until k hits with metadata are found or the index has no more.
+        want = k
+        while True:
+            scores, ids = self.index.search(query, k=want, allow=allow)
+            found = int((ids >= 0).sum())
+            meta = self.collection.metadata(ids[ids >= 0])
+            hits = [Hit(int(i), float(s), meta[int(i)]) for s, i in zip(scores, ids) if int(i) in meta]
+            if len(hits) >= k or found < want:
+                return hits[:k]
+            want *= 2

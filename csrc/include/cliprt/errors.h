@@ -18,6 +18,9 @@ struct FormatError : Error { using Error::Error; };
 struct CudaError : Error { using Error::Error; };
 // Operating-system failures (open, write, fsync, rename, mmap) with errno text.
 struct IOError : Error { using Error::Error; };
+// A save that would overwrite another writer's newer state. Python: cliprt.ConflictError
+// (an OSError).
+struct ConflictError : IOError { using IOError::IOError; };
 
 [[noreturn]] void throw_errno(const std::string& what, const std::string& path);
 

@@ -107,7 +107,11 @@ class Index : public CataloguedIndex {
   int64_t remove(const int64_t* ids, int64_t n);
   void reconstruct(const int64_t* ids, int64_t n, float* out) const;
 
-  void save(const std::string& dir);
+  // Saves into `dir` as its one writer (DIR/LOCK, waiting up to lock_timeout_s; LockedError
+  // past it). Throws ConflictError when this index was loaded from or saved to `dir` and
+  // another writer has saved there since: writing would drop that writer's rows.
+  void save(const std::string& dir, double lock_timeout_s);
+  // Takes no lock and writes nothing (see persist.h for how it coexists with a writer).
   static std::unique_ptr<Index> load(const std::string& dir, const LoadOptions& opt);
   // Verifies every checksum, originals included; throws FormatError.
   void verify() const;
@@ -128,6 +132,8 @@ class Index : public CataloguedIndex {
 
  private:
   friend class IndexSearcher;
+  static std::unique_ptr<Index> load_manifest(const std::string& dir, const std::string& text,
+                                              const LoadOptions& opt);
   int64_t num_parts() const override { return int64_t(segments_.size()); }
   RowPart part(int64_t i) const override;
   Segment& writable_segment(int64_t extra_rows);
@@ -141,6 +147,7 @@ class Index : public CataloguedIndex {
   bool keep_originals_;
   Layout layout_;
   uint64_t generation_ = 0;
+  std::string home_dir_;  // the directory loaded from or last saved to (generation_ is its)
   std::vector<std::shared_ptr<Segment>> segments_;
   std::mutex save_mu_;
 };

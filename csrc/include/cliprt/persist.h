@@ -4,9 +4,13 @@
 //                             ids int64 (rows) | scale f32 (rows) | codes (packed blocks)
 //                             | originals f32 (rows, dim); each section has its xxh64
 //   seg-G-I.cseg.del-G2       deletion bitmap of that segment (same container format)
-// A save writes new files, fsyncs them, then atomically renames MANIFEST.tmp over MANIFEST
-// and fsyncs the directory; files no manifest references are removed afterwards. A save
-// killed at any moment leaves the previous MANIFEST and every file it names intact.
+//   LOCK                      the writers' lock (dir_lock.h); readers never touch it
+// A save takes LOCK, writes new files (each through a uniquely named temporary), fsyncs
+// them, then atomically renames a temporary manifest over MANIFEST and fsyncs the directory.
+// A save killed at any moment leaves the previous MANIFEST and every file it names intact.
+// Files are removed only when neither the new manifest nor the one it replaced names them:
+// a reader that read the previous manifest still finds its files, and a reader slower than
+// a whole further save sees a file vanish, re-reads MANIFEST and starts over (Index::load).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -18,6 +22,10 @@
 namespace cliprt {
 
 constexpr uint32_t kFormatVersion = 1;
+// Bounds every loader applies to sizes read from a file before any arithmetic with them, so
+// a crafted header cannot wrap a size product or ask for an absurd allocation.
+constexpr uint64_t kMaxRows = uint64_t(1) << 40;
+constexpr int kMaxDim = 65536;
 
 enum class SectionKind : uint32_t { Ids = 1, Scale = 2, Codes = 3, Originals = 4, Deleted = 5 };
 

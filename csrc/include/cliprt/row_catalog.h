@@ -111,6 +111,9 @@ class CataloguedIndex : private RowSource {
   int64_t size() const;  // live (not removed) vectors
   bool contains(int64_t id) const;
   std::vector<int64_t> ids() const;  // live ids in storage order
+  // One past the highest id ever stored (removed ones included); saved with the index, so
+  // it is a high-water mark no later automatic id goes below.
+  int64_t next_id() const;
 
  protected:
   CataloguedIndex() = default;
