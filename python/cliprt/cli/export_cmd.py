@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ._common import CommandError
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 EXPORT_SOURCES = """sources:
   open_clip:CONFIG   an open_clip config (ViT-B-32, MobileCLIP-S1, RN50, ...); weights from
@@ -33,16 +36,32 @@ def cmd_export(args) -> int:
     from cliprt.export.source import SourceUnavailable, load_source
     from cliprt.export.verify import ParityError
 
+    # what can be told from the arguments is told before the model is loaded
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    if args.source.startswith("open_clip:") and not (args.checkpoint or args.pretrained):
-        print("cliprt export: warning: no --checkpoint or --pretrained: exporting RANDOMLY INITIALISED weights",
-              file=sys.stderr)
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise CommandError(f"--precision takes some of {', '.join(PRECISIONS)}, comma-separated; got "
+                           f"{args.precision!r}")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise CommandError(f"{args.out!r} already exists (pass --overwrite to replace it)")
+    if args.verify_images is not None and not os.path.isdir(args.verify_images):
+        raise CommandError(f"--verify-images {args.verify_images!r} is not a folder")
     try:
         source = load_source(args.source, checkpoint=args.checkpoint, pretrained=args.pretrained)
+        if args.source.startswith("open_clip:") and not (args.checkpoint or args.pretrained):
+            print("cliprt export: warning: no --checkpoint or --pretrained: exporting RANDOMLY INITIALISED weights",
+                  file=sys.stderr)
         report = export_package(source, args.out, precisions=precisions, verify=not args.no_verify,
                                 verify_images=args.verify_images, overwrite=args.overwrite)
     except ParityError as e:
-        raise CommandError(str(e), code=1) from None
+        # the failed checks and the verification table are the command's report: on stdout
+        # (in the JSON with --json); the error itself is one line
+        head, _, detail = str(e).partition("\n")
+        if args.json:
+            print(json.dumps({"refused": True, "error": str(e), "package": args.out}, indent=2))
+        elif detail:
+            print(detail)
+        raise CommandError(f"{head.rstrip(':')} (details on stdout)", code=1) from None
     except (ExportError, SourceUnavailable) as e:
         raise CommandError(str(e)) from None
     if args.json:

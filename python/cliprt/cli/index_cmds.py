@@ -1,7 +1,7 @@
 """``cliprt info`` (what this build contains) and ``cliprt demo`` (the index alone)."""
 from __future__ import annotations
 
-from ._common import print_json
+from ._common import int_at_least, print_json
 
 
 def cmd_info(args) -> int:
@@ -36,10 +36,10 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("demo", help="index, save, reload and search clustered embeddings")
-    p.add_argument("--n", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int_at_least(1), default=200_000)
+    p.add_argument("--dim", type=int_at_least(1), default=512)
+    p.add_argument("--queries", type=int_at_least(1), default=100)
+    p.add_argument("-k", type=int_at_least(1), default=10)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
-
-import numpy as np
+from typing import Any, Dict, List, Optional, Tuple
 
 from cliprt.index import STORAGES
 
-from ._common import CommandError, load_encoder, print_json, read_lines
+from ._common import (CommandError, byte_size, float_between, int_at_least, load_encoder, print_json, read_lines,
+                      regular_file)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -55,6 +54,11 @@ def cmd_models(args) -> int:
 def cmd_embed(args) -> int:
     from cliprt.collection import Collection
 
+    for src in args.src:
+        if not os.path.exists(src):
+            raise CommandError(f"source {src!r} does not exist")
+    if os.path.exists(args.index) and not os.path.isdir(args.index):
+        raise CommandError(f"--index {args.index!r} is a file, not a collection directory")
     enc = load_encoder(args.model, args)
     if "image" not in enc.manifest.towers:
         raise CommandError(f"model {args.model!r} has no image tower")
@@ -62,7 +66,8 @@ def cmd_embed(args) -> int:
     col = Collection.open_or_create(args.index, model=model, dim=enc.dim, storage=args.storage)
     try:
         report = col.ingest(args.src, enc, batch_size=args.batch_size, commit_every=args.commit_every,
-                            retry_failed=args.retry_failed, progress=not args.json and not args.no_progress)
+                            retry_failed=args.retry_failed, progress=not args.json and not args.no_progress,
+                            max_item_bytes=args.max_item_bytes)
     finally:
         col.close()
     summary = report.to_json()
@@ -79,16 +84,42 @@ def cmd_embed(args) -> int:
 
 
 # ------------------------------------------------------------------------------ search
+# the integers SQLite stores (and compares) exactly
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_WHERE_VALUES = "a string, a number, true, false, null, or a list of those"
+
+
+def _where_scalar(value, item: str, inside: bool):
+    if value is None or isinstance(value, (bool, str, float)):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise CommandError(f"--where {item!r}: {value} is outside the 64-bit integer range metadata is "
+                               "stored with")
+        return value
+    what = "a JSON object" if isinstance(value, dict) else "a list"
+    where = " inside a list" if inside else ""
+    raise CommandError(f"--where {item!r}: {what}{where} is not a value to compare with; give {_WHERE_VALUES}")
+
+
 def _parse_where(items: Optional[List[str]]) -> Dict[str, Any]:
+    """--where FIELD=VALUE filters: VALUE as JSON when it parses (a number, true, a list
+    meaning "any of"), else the text itself; only values SQLite can compare pass."""
     out: Dict[str, Any] = {}
     for it in items or []:
         if "=" not in it:
             raise CommandError(f"--where takes FIELD=VALUE, got {it!r}")
         k, v = it.split("=", 1)
+        if not k:
+            raise CommandError(f"--where takes FIELD=VALUE, got {it!r} (no field)")
         try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+            value = json.loads(v)
+        except ValueError:
+            value = v
+        if isinstance(value, list):
+            out[k] = [_where_scalar(x, it, True) for x in value]
+        else:
+            out[k] = _where_scalar(value, it, False)
     return out
 
 
@@ -114,11 +145,14 @@ def cmd_search(args) -> int:
     if not args.image and not text:
         raise CommandError("give a text query, --image PATH, or both")
     alpha = _alpha(args)
+    where = _parse_where(args.where) or None
+    if args.image:
+        regular_file(args.image, "query image")
     col = Collection.open(args.index)
     try:
         enc = load_encoder(args.model or col.config["model"], args)
         hits = Retriever(enc, col).search(text, args.image, k=args.k, alpha=alpha,
-                                          where=_parse_where(args.where) or None, path_like=args.path_like)
+                                          where=where, path_like=args.path_like)
     finally:
         col.close()
     if args.image and text:
@@ -136,27 +170,49 @@ def cmd_search(args) -> int:
 
 
 # ------------------------------------------------------------------------------ classify
-def cmd_classify(args) -> int:
+def _classnames(spec: str, what: str) -> List[str]:
+    """``evaluate.read_classnames`` (a file, or a built-in list's name), its file named on error."""
     from cliprt.evaluate import read_classnames
+
+    try:
+        return read_classnames(spec)
+    except UnicodeDecodeError as e:
+        raise CommandError(f"{what} file {spec!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def cmd_classify(args) -> int:
     from cliprt.zeroshot import ZeroShotClassifier
 
     enc = load_encoder(args.model, args)
-    labels = read_classnames(args.labels)
+    labels = _classnames(args.labels, "labels")
     clf = ZeroShotClassifier(enc, labels, templates=read_lines(args.templates, "templates") if args.templates else None)
-    emb, idx, errors = enc.encode_images(args.images, on_error="skip", return_errors=True)
+    # what is not a regular file is an error of that image, found without opening it (a FIFO blocks)
+    errors: List[Tuple[int, str]] = []
+    readable: List[int] = []
+    for i, path in enumerate(args.images):
+        try:
+            regular_file(path, "image")
+            readable.append(i)
+        except CommandError as e:
+            errors.append((i, str(e)))
+    emb, idx, failed = enc.encode_images([args.images[i] for i in readable], on_error="skip", return_errors=True)
+    errors = sorted(errors + [(readable[e.index], e.message) for e in failed])
+    if len(idx) == 0:
+        more = f" (and {len(errors) - 1} more image{'s' if len(errors) > 2 else ''} failed)" if len(errors) > 1 else ""
+        raise CommandError(f"no image could be classified: {errors[0][1]}{more}")
     k = min(args.k, len(labels))
-    top, probs = clf.topk(embeddings=emb, k=k) if len(emb) else (np.zeros((0, k), np.int64), None)
-    rows = [{"image": args.images[int(i)],
+    top, probs = clf.topk(embeddings=emb, k=k)
+    rows = [{"image": args.images[readable[int(i)]],
              "top": [{"label": labels[int(c)], "p": float(probs[row, j])} for j, c in enumerate(top[row])]}
             for row, i in enumerate(idx)]
     if args.json:
-        print_json({"results": rows, "errors": [{"image": args.images[e.index], "error": e.message} for e in errors]})
+        print_json({"results": rows, "errors": [{"image": args.images[i], "error": m} for i, m in errors]})
     else:
         for r in rows:
             print(f"{r['image']}: " + ", ".join(f"{t['label']} {t['p']:.3f}" for t in r["top"]))
-        for e in errors:
-            print(f"{args.images[e.index]}: error: {e.message}", file=sys.stderr)
-    return 0 if rows else 1
+        for i, m in errors:
+            print(f"{args.images[i]}: error: {m}", file=sys.stderr)
+    return 0
 
 
 # ------------------------------------------------------------------------------ eval
@@ -165,13 +221,16 @@ def cmd_eval(args) -> int:
 
     enc = load_encoder(args.model, args)
     storages = [s for s in (args.storage or "f32").split(",") if s]
-    if args.kind == "zeroshot":
-        results = ev.evaluate_zeroshot(
-            enc, args.data, classnames=ev.read_classnames(args.classnames) if args.classnames else None,
-            templates=read_lines(args.templates, "templates") if args.templates else None, every=args.every,
-            storages=storages, progress=not args.json)
-    else:
-        results = ev.evaluate_retrieval(enc, args.data, storages=storages, progress=not args.json)
+    classnames = _classnames(args.classnames, "class-name") if args.classnames else None
+    templates = read_lines(args.templates, "templates") if args.templates else None
+    try:
+        if args.kind == "zeroshot":
+            results = ev.evaluate_zeroshot(enc, args.data, classnames=classnames, templates=templates,
+                                           every=args.every, storages=storages, progress=not args.json)
+        else:
+            results = ev.evaluate_retrieval(enc, args.data, storages=storages, progress=not args.json)
+    except UnicodeDecodeError as e:     # the labels CSV or the captions file
+        raise CommandError(f"evaluation data {args.data!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     results["model"] = args.model
     if args.json:
         print_json(results)
@@ -224,12 +283,13 @@ def cmd_quickstart(args) -> int:
 # ------------------------------------------------------------------------------ parsers
 def register(sub) -> None:
     from cliprt.demos import QUICKSTART_QUERIES
+    from cliprt.sources import DEFAULT_MAX_ITEM_BYTES
 
     p = sub.add_parser("models", help="list models; build the embedded default model")
     p.add_argument("models_command", nargs="?", choices=("list", "build-default"), default="list")
     p.add_argument("--force", action="store_true", help="rebuild even if the package exists")
     p.add_argument("--out", metavar="DIR", help="build into DIR instead of the cache (then use --model DIR)")
-    p.add_argument("--holdout-every", type=int, metavar="N",
+    p.add_argument("--holdout-every", type=int_at_least(2), metavar="N",
                    help="fit the bridge without the classes whose index is a multiple of N (an evaluation "
                         "variant for held-out zero-shot accuracy; needs --out)")
     p.add_argument("--json", action="store_true")
@@ -242,8 +302,11 @@ def register(sub) -> None:
     p.add_argument("--storage", default="f32", choices=STORAGES, help="index storage for a new collection")
     p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--fast", action="store_true", help="fast preprocessing (JPEG draft decoding)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--commit-every", type=int, default=2048, help="save the collection every N items")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--commit-every", type=int_at_least(1), default=2048, help="save the collection every N items")
+    p.add_argument("--max-item-bytes", type=byte_size, default=DEFAULT_MAX_ITEM_BYTES, metavar="N",
+                   help="refuse (as failures, unread) files and tar members larger than N bytes; K, M, G "
+                        "suffixes allowed (default 64M)")
     p.add_argument("--retry-failed", action="store_true", help="try again items that failed before")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -254,10 +317,11 @@ def register(sub) -> None:
     p.add_argument("query", nargs="?", help='text query; "-word" marks a negative term')
     p.add_argument("--image", metavar="PATH", help="query image (with a text query: composed search)")
     p.add_argument("--text", help="text query, or the modifier of a composed query with --image")
-    p.add_argument("--alpha", type=float, default=0.5, help="composed search: weight of the text (0..1)")
+    p.add_argument("--alpha", type=float_between(0.0, 1.0), default=0.5,
+                   help="composed search: weight of the text (0..1)")
     p.add_argument("--weights", metavar="IMAGE,TEXT", help="composed search weights, e.g. 0.6,0.4 (sets --alpha)")
     p.add_argument("--model", help="model (default: the one the collection was embedded with)")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int_at_least(1), default=10)
     p.add_argument("--where", action="append", metavar="FIELD=VALUE", help="metadata filter (repeatable)")
     p.add_argument("--path-like", metavar="PATTERN", help="SQL LIKE filter on paths, e.g. '%%/dogs/%%'")
     p.add_argument("--json", action="store_true")
@@ -268,7 +332,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--labels", required=True, metavar="FILE", help="one class name per line, or 'imagenet'")
     p.add_argument("--templates", metavar="FILE", help="prompt templates with {} (one per line)")
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("-k", type=int_at_least(1), default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
 
@@ -278,7 +342,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="zeroshot: folder per class or labels CSV; retrieval: captions")
     p.add_argument("--classnames", help="class names: a file (one per line) or 'imagenet'")
     p.add_argument("--templates", metavar="FILE")
-    p.add_argument("--every", type=int, default=0, metavar="N",
+    p.add_argument("--every", type=int_at_least(0), default=0, metavar="N",
                    help="zeroshot: keep only classes whose index is a multiple of N (held-out protocol)")
     p.add_argument("--storage", default="f32",
                    help="comma-separated index storages to score through, e.g. f32,i8,b1 (b1@0: without "
@@ -291,9 +355,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="default")
     p.add_argument("--images", metavar="SRC", help="folder, file list or tar shard of images")
     p.add_argument("--texts", metavar="FILE", help="captions, one per line (default: built-in captions)")
-    p.add_argument("--limit", type=int, default=256, help="images to use at most")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--limit", type=int_at_least(1), default=256, help="images to use at most")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--repeats", type=int_at_least(1), default=3)
     p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--fast", action="store_true", help="fast preprocessing")
     p.add_argument("--json", action="store_true")
