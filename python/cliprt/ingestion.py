@@ -120,6 +120,9 @@ def ingest(collection, source: Sources, encoder, *, batch_size: int = 32, commit
     for name, value in (("batch_size", batch_size), ("max_item_bytes", max_item_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    # The writer lock first: what is already done is read under it, so no other writer can
+    # change it before this run's commits (Collection: readers and the writer).
+    collection.begin_writing()
     known = collection.known()
     skipped = 0
     pending: Dict[str, Dict[str, Any]] = {}
