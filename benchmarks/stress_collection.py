@@ -74,7 +74,7 @@ class Searcher(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
-            r = subprocess.run(cli("search", self.col, "a photo", "--model", self.model, "--k", "5", "--json"),
+            r = subprocess.run(cli("search", self.col, "a photo", "--model", self.model, "-k", "5", "--json"),
                                capture_output=True, text=True, timeout=300)
             self.runs += 1
             if r.returncode == 0:
@@ -84,6 +84,19 @@ class Searcher(threading.Thread):
                 self.not_yet += 1          # before the first embed created it
             else:
                 self.failures.append((r.returncode, r.stderr.strip()[-300:]))
+
+
+def _writer_active(col: str) -> bool:
+    """Whether some process holds the collection's writer lock right now."""
+    from cliprt import LockedError, _core
+
+    if not os.path.exists(os.path.join(col, "LOCK")):
+        return False
+    try:
+        _core.DirectoryLock(col, 0.0, "collection").release()
+        return False
+    except LockedError:
+        return True
 
 
 def check(col_path: str, encoder, history: dict) -> list:
@@ -129,7 +142,8 @@ def main() -> int:
           f"cliprt {cliprt.__version__}")
     rnd = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="cliprt-stress-col-")
-    stats = {"kills": 0, "runs that ended before their kill": 0, "checks": 0, "problems": 0,
+    stats = {"kills": 0, "kills before the run began writing": 0, "runs that ended before their kill": 0,
+             "checks": 0, "problems": 0,
              "items re-embedded on purpose": 0}
     history: dict = {}
     try:
@@ -143,6 +157,7 @@ def main() -> int:
         subprocess.run(cli("embed", photos, "--model", model, "--index", os.path.join(root, "probe"),
                            "--commit-every", "3", "--no-progress", "--json"), check=True, capture_output=True)
         full = time.monotonic() - t0
+        stats["seconds of one full run"] = round(full, 2)
         searcher = Searcher(col, model)
         searcher.start()
         mtime = 1.6e9
@@ -154,15 +169,18 @@ def main() -> int:
             p = subprocess.Popen(cli("embed", photos, "--model", model, "--index", col, "--commit-every", "3",
                                      "--no-progress", "--json"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
-                p.wait(timeout=rnd.uniform(0.3, full * 1.1))
+                p.wait(timeout=rnd.uniform(0.3 * full, 1.1 * full))
                 stats["runs that ended before their kill"] += 1
                 if p.returncode != 0:
                     stats["problems"] += 1
                     print("embed failed:", p.stderr.read().decode()[-500:], file=sys.stderr)
             except subprocess.TimeoutExpired:
+                writing = _writer_active(col)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
-                stats["kills"] += 1
+                # Only a kill of a run that held the writer lock counts (not one still loading
+                # its model); the others are tallied apart.
+                stats["kills" if writing else "kills before the run began writing"] += 1
             p.stderr.close()
             if os.path.exists(os.path.join(col, "collection.json")):
                 found = check(col, encoder, history)

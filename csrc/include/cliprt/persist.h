@@ -11,6 +11,10 @@
 // Files are removed only when neither the new manifest nor the one it replaced names them:
 // a reader that read the previous manifest still finds its files, and a reader slower than
 // a whole further save sees a file vanish, re-reads MANIFEST and starts over (Index::load).
+// Why a grace generation and not pinning (LevelDB/RocksDB pin the versions live readers use,
+// inside one process): pins across processes would need readers to write (a pin file, a
+// shared lock), and readers here never write. A reader needs the files only between reading
+// MANIFEST and opening them: once open (mapped or read), a removed file's inode lives on.
 #pragma once
 #include <cstdint>
 #include <string>
