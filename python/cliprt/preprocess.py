@@ -61,8 +61,10 @@ and ``Resize((h, w))`` alone for "squash". The details that matter for exactness
   bilinear by 1 level in at most 1.7e-3), and with nearest (which Pillow uses for every
   palette image) it takes a neighbouring source pixel for 0.16-0.45% of the values; on
   random thin images (3 x 5000 ... 1500 x 41 in L, RGB, RGBA, P, I;16 and F) it stays
-  within 1 level (2 with alpha) in under 6e-4 of the values, nearest picking a
-  neighbouring pixel in under 5e-4. A single
+  within 2 levels in under 6e-4 of the values, nearest picking a neighbouring pixel in
+  under 5e-4; with partial transparency the 2 levels hold for the premultiplied values
+  Pillow resizes, so nearly transparent pixels can move more once alpha is dropped (4
+  levels seen on random alpha). A single
   ``resize(box=...)`` over both axes is worse (up to 14 levels on the photos): Pillow runs
   the vertical pass first when the height shrinks by more than twice as many pixels as
   the width, and the crop changes that choice. Reproducing Pillow's arithmetic in numpy
