@@ -6,6 +6,12 @@ the real photos of ../shared/data/imagenet-sample (a subset here; all 1000 in
 benchmarks/preprocess_bench.py). Fast mode is checked for bounded deviation on photos of
 >= 1024 px, made by upscaling the sample photos (PIL LANCZOS, JPEG quality 90). Bad input
 must raise ImageError naming the item and the cause.
+
+16-bit gray, "PA" and "La" images are compared with the reference applied to their 8-bit
+rendition (`eight_bit`), and every mode Pillow decodes must work in both modes and agree.
+Images whose whole-image resize exceeds the window bound are resized over the crop only:
+they are checked against the full resize for the deviation the module notes state, and a
+fresh interpreter must preprocess a 1 x 1,000,000 and a 1,000,000 x 1 PNG within 100 MB.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 SIZES = [(1, 1), (3, 500), (500, 3), (224, 224), (225, 224), (1023, 767)]   # PIL (width, height)
-MODES = ["RGB", "L", "P", "P+trns", "P+trns-bytes", "RGBA", "LA", "CMYK", "I;16", "1", "I", "F"]
+MODES = ["RGB", "L", "P", "P+trns", "P+trns-bytes", "RGBA", "LA", "CMYK", "I;16", "1", "I", "F", "PA", "La"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,6 +97,16 @@ def reference(spec: ImageSpec):
     return run
 
 
+def eight_bit(im: Image.Image) -> Image.Image:
+    """The image exact mode applies the reference to (module notes): 16-bit gray keeps its
+    high byte, PA becomes RGBA, La becomes LA; every other mode as it is."""
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im).astype(np.uint32) // 256).astype(np.uint8))
+    if im.mode in ("PA", "La"):
+        return im.convert({"PA": "RGBA", "La": "LA"}[im.mode])
+    return im
+
+
 def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert got.dtype == np.float32 and got.shape == want.shape, what
     diff = np.abs(got - want)
@@ -109,9 +125,11 @@ def synthetic(mode: str, size, seed: int = 0) -> Image.Image:
         return Image.fromarray(rng.integers(-300, 600, (h, w), dtype=np.int32))
     if mode == "F":
         return Image.fromarray(rng.uniform(-50, 300, (h, w)).astype(np.float32))
-    if mode in ("RGBA", "LA"):
+    if mode in ("RGBA", "LA", "La"):
         a = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
         return Image.fromarray(a).convert(mode)
+    if mode == "PA":
+        return synthetic("P", size, seed).convert("PA")
     if mode.startswith("P"):
         im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L").convert("P")
         im.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
@@ -178,7 +196,7 @@ def test_exact_matches_reference_on_synthetic_images(mode, size):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns about palette transparency as bytes
         for spec in _parity_specs(size):
-            assert_same(Preprocessor(spec)(im), reference(spec)(im), f"{mode} {size} {spec.resize_mode} "
+            assert_same(Preprocessor(spec)(im), reference(spec)(eight_bit(im)), f"{mode} {size} {spec.resize_mode} "
                         f"{spec.resize_size}->{spec.size} {spec.interpolation}")
 
 
@@ -194,7 +212,7 @@ def test_exact_matches_reference_on_encoded_images(mode, fmt, tmp_path):
     path.write_bytes(data)
     ref = reference(TIMM)
     with Image.open(io.BytesIO(data)) as im:
-        want = ref(im)
+        want = ref(eight_bit(im))
     pre = Preprocessor(TIMM)
     for item in (str(path), path, data, bytearray(data), memoryview(data)):
         assert_same(pre(item), want, f"{mode} as {fmt}, item {type(item).__name__}")
@@ -432,3 +450,277 @@ def test_formats_outside_the_photo_formats_are_refused():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(ImageError):
         pre(eps)
+
+
+# ---------------------------------------------------------------------------- bounded memory
+
+THIN = [(3, 5000), (5000, 2), (1, 700)]          # resized images of 35-125 million pixels
+BELOW = [(2, 360), (360, 2), (3, 540), (1, 180)]  # thin, but under WINDOW_PIXELS at 224 and 256 px
+
+
+def reference_pixels(im: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """uint8 pixels of the reference chain (whole-image resize, centre crop, RGB), the part
+    of the reference the window replaces."""
+    interp = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+              "nearest": Image.Resampling.NEAREST}[spec.interpolation]
+    nw, nh = resized_size(im.width, im.height, spec.resize_size)
+    ch, cw = spec.size
+    left, top = crop_offset(nw, cw), crop_offset(nh, ch)
+    return np.asarray(im.resize((nw, nh), interp).crop((left, top, left + cw, top + ch)).convert("RGB"))
+
+
+def window_deviation(got: np.ndarray, want: np.ndarray):
+    d = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    return int(d.max()), float((d > 0).mean())
+
+
+def assert_window_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """The window's measured deviation for a smooth filter (module notes): within 2 levels,
+    in a small share of the values."""
+    worst, share = window_deviation(got, want)
+    assert worst <= 2 and share < 0.005, f"{what}: max |diff| {worst} levels, {share:.2%} of the values"
+
+
+def assert_nearest_window_close(got: np.ndarray, im: Image.Image, spec: ImageSpec, what: str) -> None:
+    """Nearest (and palette / bilevel images): most pixels equal the full resize, and every
+    pixel is the source pixel the full resize picks or one next to it."""
+    src = np.asarray(im.convert("RGB")).astype(np.int16)
+    want = reference_pixels(im, spec).astype(np.int16)
+    share = float((np.abs(got.astype(np.int16) - want) > 0).mean())
+    assert share < 0.02, f"{what}: {share:.2%} of the values differ"
+    nw, nh = resized_size(im.width, im.height, spec.resize_size)
+    ch, cw = spec.size
+    cols = np.floor((crop_offset(nw, cw) + np.arange(cw) + 0.5) * im.width / nw).astype(int)
+    rows = np.floor((crop_offset(nh, ch) + np.arange(ch) + 0.5) * im.height / nh).astype(int)
+    near = np.zeros(got.shape[:2], bool)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            r = np.clip(rows + dr, 0, im.height - 1)[:, None]
+            c = np.clip(cols + dc, 0, im.width - 1)[None, :]
+            near |= (src[r, c] == got).all(axis=-1)
+    assert near.all(), f"{what}: {int((~near).sum())} pixels are not a source pixel next to the reference's"
+
+
+@pytest.mark.parametrize("size", BELOW, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_thin_images_under_the_window_bound_stay_bit_identical(size):
+    for i, mode in enumerate(["RGB", "L", "RGBA", "P", "I;16", "F"]):
+        im = synthetic(mode, size, seed=i)
+        for spec in (CLIP_BICUBIC, CLIP_BILINEAR, NEAREST, TIMM):
+            assert_same(Preprocessor(spec)(im), reference(spec)(eight_bit(im)), f"{mode} {size} {spec.interpolation} "
+                        f"{spec.resize_size}")
+
+
+@pytest.mark.parametrize("size", THIN, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_window_on_thin_images_is_close_to_the_reference(size):
+    from cliprt.preprocess import _crop_span, resize_window
+
+    modes = ["RGB", "L", "RGBA", "LA", "P", "1", "CMYK", "I;16", "I", "F"] if size == (1, 700) else ["RGB", "RGBA", "P"]
+    for i, mode in enumerate(modes):
+        im = eight_bit(synthetic(mode, size, seed=20 + i))
+        for spec in (CLIP_BICUBIC, CLIP_BILINEAR, NEAREST, TIMM):
+            what = f"{mode} {size} {spec.interpolation} {spec.resize_size}"
+            pre = Preprocessor(spec)
+            got = pre.pixels(im)
+            if spec.interpolation == "nearest" or im.mode in ("P", "1"):
+                assert_nearest_window_close(got, im, spec, what)
+                continue
+            nw, nh = resized_size(im.width, im.height, spec.resize_size)
+            (x0, x1), (y0, y1) = _crop_span(nw, spec.size[1]), _crop_span(nh, spec.size[0])
+            window = resize_window(im, (nw, nh), (x0, y0, x1, y1), pre._resample)
+            # what the Preprocessor returned is this window in RGB
+            np.testing.assert_array_equal(got, np.asarray(window.convert("RGB")))
+            full = im.resize((nw, nh), pre._resample).crop((x0, y0, x1, y1))
+            if im.mode in ("RGBA", "LA"):   # compared as Pillow resizes them: premultiplied
+                window, full = window.convert(im.mode[:-1] + "a"), full.convert(im.mode[:-1] + "a")
+            if im.mode in ("I", "F"):
+                a, b = np.asarray(window, np.float64), np.asarray(full, np.float64)
+                assert np.abs(a - b).max() <= 2 and (a != b).mean() < 0.005, what
+            else:
+                assert_window_close(np.asarray(window), np.asarray(full), what)
+
+
+def test_window_forced_on_photos_is_close_to_the_reference(monkeypatch):
+    """The window on ordinary photos (forced by a zero bound): close to the full resize but
+    not equal, which is why exact mode keeps the full resize below the bound."""
+    from cliprt import preprocess
+
+    paths = sample_photos(step=25)
+    monkeypatch.setattr(preprocess, "WINDOW_PIXELS", 0)
+    monkeypatch.setattr(preprocess, "WINDOW_FACTOR", 0)
+    equal = 0
+    for spec in (CLIP_BICUBIC, CLIP_BILINEAR, NEAREST, TIMM):
+        pre = Preprocessor(spec)
+        for p in paths:
+            with Image.open(p) as im:
+                want = reference_pixels(im, spec)
+            got = pre.pixels(p)
+            what = f"{os.path.basename(p)} {spec.interpolation} {spec.resize_size}"
+            if spec.interpolation == "nearest":
+                with Image.open(p) as im:
+                    assert_nearest_window_close(got, im, spec, what)
+            else:
+                assert_window_close(got, want, what)
+            equal += int(np.array_equal(got, want))
+    assert equal < 4 * len(paths), "the window matched everywhere: the full resize may no longer be needed"
+
+
+def test_squash_of_a_very_long_side_reduces_first():
+    from cliprt import preprocess
+
+    im = synthetic("RGB", (3, 224 * preprocess.SQUASH_REDUCE + 300), seed=8)
+    got = Preprocessor(SQUASH).pixels(im)
+    want = np.asarray(im.resize((224, 224), Image.Resampling.BICUBIC).convert("RGB"))
+    assert np.abs(got.astype(int) - want).mean() < 3, "squash after the integer reduction moved the picture"
+    small = synthetic("RGB", (3, 224 * preprocess.SQUASH_REDUCE), seed=8)
+    assert_same(Preprocessor(SQUASH)(small), reference(SQUASH)(small), "squash at the bound")
+
+
+_MEMORY_CHILD = r"""
+import importlib.machinery, json, resource, sys
+root, path, mode = sys.argv[1:4]
+
+
+class _SameTree:  # cliprt from the parent's tree, even where another copy is installed in development mode
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "cliprt" or name.startswith("cliprt."):
+            return importlib.machinery.PathFinder.find_spec(name, path if path is not None else [root])
+        return None
+
+
+sys.meta_path.insert(0, _SameTree)
+import io
+import numpy as np
+from PIL import Image
+from cliprt import preprocess
+from cliprt.models import ImageSpec
+s = ImageSpec(size=(224, 224), resize_mode="shortest", resize_size=224, interpolation="bicubic",
+              antialias=True, mean=(0.5,) * 3, std=(0.5,) * 3)
+pre = preprocess.Preprocessor(s, mode=mode)
+warm = io.BytesIO()
+Image.new("RGB", (300, 200), (10, 20, 30)).save(warm, "PNG")
+pre(warm.getvalue())
+data = open(path, "rb").read()
+
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+with open("/proc/self/clear_refs", "w") as f:   # ru_maxrss would carry the parent's peak
+    f.write("5")
+base = hwm()
+out = pre(data)
+print(json.dumps({"file": preprocess.__file__, "base_kb": base, "peak_kb": hwm(),
+                  "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "ok": out.shape == (3, 224, 224) and bool(np.isfinite(out).all())}))
+"""
+
+
+@pytest.mark.parametrize("size", [(1, 1_000_000), (1_000_000, 1)], ids=["1x1000000", "1000000x1"])
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_thin_png_peak_memory_is_bounded(size, mode, tmp_path):
+    """A few KB of PNG whose whole-image resize would take about 50 GB: the peak RSS of a
+    fresh interpreter preprocessing it stays under 100 MB above its baseline (measured:
+    about 12 MB, benchmarks/results/image_memory.md)."""
+    import json
+    import subprocess
+    import sys
+
+    import cliprt.preprocess
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        pytest.skip(f"needs Linux /proc/self/clear_refs to reset the peak RSS ({e})")
+    n = size[0] * size[1]
+    ramp = (np.arange(n) % 251).astype(np.uint8)
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.stack([ramp, ramp[::-1], ramp // 2], axis=-1).reshape(size[1], size[0], 3)).save(path)
+    assert path.stat().st_size < 100_000
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cliprt.preprocess.__file__)))
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, root, str(path), mode], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["file"] == os.path.abspath(cliprt.preprocess.__file__) and r["ok"], r
+    assert (r["peak_kb"] - r["base_kb"]) < 100 * 1024, r
+
+
+# ---------------------------------------------------------------------------- image modes
+
+ALL_MODES = ["1", "L", "P", "P+trns", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
+             "HSV", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"]
+
+
+def smooth(mode: str, size, seed: int = 0) -> Image.Image:
+    """A smooth picture of `size` in `mode` (upscaled noise), so that fast mode's reduced
+    scale changes it little. 16-bit modes span the whole 0-65535 range."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    rgb = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    if mode.startswith("I;16"):
+        a = np.asarray(rgb.convert("L")).astype(np.uint16) * 257 + rng.integers(0, 257, (h, w)).astype(np.uint16)
+        return Image.frombytes(mode, (w, h), a.astype(">u2" if mode == "I;16B" else "<u2").tobytes())
+    if mode in ("P", "P+trns", "PA"):
+        im = rgb.convert("P")
+        if mode == "P+trns":
+            im.info["transparency"] = 3
+        return im.convert("PA") if mode == "PA" else im
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        alpha = Image.fromarray(np.linspace(40, 255, w * h).reshape(h, w).astype(np.uint8))
+        return Image.merge("RGBA", (*rgb.split(), alpha)).convert(mode)
+    return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("size", [(301, 217), (1201, 901)], ids=["small", "reduced-in-fast-mode"])
+def test_every_mode_works_and_both_modes_agree(size):
+    for spec in (CLIP_BICUBIC, SQUASH):
+        exact, fast = Preprocessor(spec), Preprocessor(spec, mode="fast")
+        ref = reference(spec)
+        for mode in ALL_MODES:
+            im = smooth(mode, size, seed=len(mode))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL warns about palette transparency
+                got = exact(im)
+                assert_same(got, ref(eight_bit(im)), f"{mode} {size} {spec.resize_mode}")
+                quick = fast(im)
+            diff = np.abs(quick - got)
+            assert diff.mean() < 0.02 and np.percentile(diff, 99) < 0.1, (mode, size, spec.resize_mode, diff.mean())
+
+
+def test_16_bit_gray_keeps_its_picture():
+    """The reference's convert("RGB") clips 16-bit values to 255 (a nearly white picture);
+    both modes encode a 16-bit PNG like its 8-bit twin."""
+    im16 = smooth("I;16", (640, 480), seed=4)
+    data16 = encode(im16, "PNG")
+    with Image.open(io.BytesIO(data16)) as decoded:
+        assert decoded.mode == "I;16"
+    twin = Image.fromarray((np.asarray(im16) >> 8).astype(np.uint8))
+    data8 = encode(twin, "PNG")
+    for mode in ("exact", "fast"):
+        pre = Preprocessor(CLIP_BICUBIC, mode=mode)
+        px = pre.pixels(data16)
+        np.testing.assert_array_equal(px, pre.pixels(data8))
+        assert px.std() > 20 and (px == 255).mean() < 0.05, (mode, px.std())
+    with Image.open(io.BytesIO(data16)) as decoded:
+        clipped = reference(CLIP_BICUBIC)(decoded)
+    white = reference(CLIP_BICUBIC)(Image.new("L", (640, 480), 255))
+    assert (clipped == white).mean() > 0.9   # what the plain reference would have given
+
+
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF"), ("F", "TIFF"), ("PA", "TIFF"),
+                                      ("CMYK", "TIFF"), ("LA", "PNG"), ("P+trns", "PNG"), ("1", "PNG"),
+                                      ("YCbCr", "JPEG")])
+def test_encoded_modes_agree_between_exact_and_fast(mode, fmt):
+    im = smooth(mode, (1201, 901), seed=7)
+    data = encode(im, fmt)
+    with Image.open(io.BytesIO(data)) as decoded:
+        decoded.load()
+        want = reference(CLIP_BICUBIC)(eight_bit(decoded))
+    got = Preprocessor(CLIP_BICUBIC)(data)
+    assert_same(got, want, f"{mode} as {fmt}")
+    diff = np.abs(Preprocessor(CLIP_BICUBIC, mode="fast")(data) - got)
+    assert diff.mean() < 0.02 and np.percentile(diff, 99) < 0.1, (mode, fmt, diff.mean())

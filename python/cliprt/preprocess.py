@@ -33,10 +33,50 @@ and ``Resize((h, w))`` alone for "squash". The details that matter for exactness
   the float32 mean, divide by the float32 std). A fused ``x * scale + offset`` is cheaper
   but not bit-identical, and the exact arithmetic is small next to decoding, so both modes
   use it.
-* Exact mode resizes the whole image and then crops, like the reference. Resizing only the
-  cropped region (``resize(box=...)``) would be cheaper but is not bit-identical: Pillow
-  takes the box as float32, so the filter positions shift by rounding, and it picks the
-  order of its two passes from the output size, which the crop changes.
+* Image modes. For every 8-bit mode the reference is followed as it is, conversion included
+  (1, L, P with or without transparency, LA, RGB, RGBA, RGBX, CMYK, YCbCr, and the
+  band-copying LAB / HSV conversions), and so are "I" and "F": their values are taken on
+  the 0-255 scale, as ``convert("RGB")`` does (clipped), since these modes carry no range
+  of their own. Three modes get an 8-bit image first, in both modes, because the reference
+  result means nothing for them: 16-bit gray ("I;16", "I;16L", "I;16B", "I;16N", what
+  Pillow decodes 16-bit gray PNGs and TIFFs as) keeps its high byte as "L", which is how
+  Pillow itself reads 16-bit RGB and gray+alpha PNGs, where the reference's conversion
+  would clip every value above 255 and return a nearly white picture; palette-with-alpha
+  "PA" (TIFF) becomes RGBA, where the reference would interpolate palette indices and
+  lose the palette; premultiplied "La" becomes "LA" (the reference cannot convert it).
+  For these, "exact" means the reference applied to that 8-bit image.
+* Memory follows the output, not the aspect ratio. The reference resizes the whole image
+  before cropping, which for a thin image is huge (a 1 x 16,000 PNG resizes to 224 x
+  3,584,000; a 1 x 1,000,000 one would need about 50 GB). Exact mode does the same while
+  the resized image has at most ``WINDOW_PIXELS`` (12 million, 48 MB in RGB) or
+  ``WINDOW_FACTOR`` (16) x the crop's pixels, whichever is more: aspect ratios up to about
+  239:1 at 224 px (106:1 at 336 px), so photos, panoramas and banners are bit-identical.
+  Beyond that it computes only the cropped window (`resize_window`): the source is cut to
+  the pixels the window reads and each axis is resized in its own call, in the order
+  Pillow 13 picks for the whole image. The window is not bit-identical, which is why it is
+  kept for the images that need it: Pillow reads a fractional ``box`` as float32, so the
+  filter positions of a cropped axis move by rounding. Forced onto all 1000 sample photos
+  (specs 224/224, 256/224, 336/336) it differs from the full resize on 54-90% of them with
+  bicubic or bilinear (bicubic by at most 2 levels in at most 1.3e-4 of the values,
+  bilinear by 1 level in at most 1.7e-3), and with nearest (which Pillow uses for every
+  palette image) it takes a neighbouring source pixel for 0.16-0.45% of the values; on
+  random thin images (3 x 5000 ... 1500 x 41 in L, RGB, RGBA, P, I;16 and F) it stays
+  within 2 levels in under 6e-4 of the values, nearest picking a neighbouring pixel in
+  under 5e-4; with partial transparency the 2 levels hold for the premultiplied values
+  Pillow resizes, so nearly transparent pixels can move more once alpha is dropped (4
+  levels seen on random alpha). A single
+  ``resize(box=...)`` over both axes is worse (up to 14 levels on the photos): Pillow runs
+  the vertical pass first when the height shrinks by more than twice as many pixels as
+  the width, and the crop changes that choice. Reproducing Pillow's arithmetic in numpy
+  could make the window exact, but only for one build of Pillow (its coefficients are
+  floating point and a compiler may fuse them differently), so it is not done. "squash"
+  resizes straight to the output size and Pillow's pass order keeps its intermediate
+  small (a 1 x 1,000,000 image squashes through a 1 x 224 one), but Pillow's filter table
+  takes about 32 bytes per source pixel of a shrinking axis (2.8 GB for a 1 x 89 million
+  image), so exact mode squashes a side more than ``SQUASH_REDUCE`` (4096) x the output
+  after an integer box reduction, like fast mode (``reducing_gap``), not bit-identically.
+  Fast mode resizes only the window through ``box`` in every case. Measured:
+  benchmarks/image_memory.py and benchmarks/results/image_memory.md.
 
 ``mode="fast"`` trades a small deviation for speed on large photos: JPEGs are decoded with
 DCT-domain downscaling (PIL ``draft``) at the strongest reduction (1/2, 1/4 or 1/8) whose
@@ -91,11 +131,26 @@ _OPEN_FORMATS = tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
 # factor first, leaving at least this much of the reduction to the filter.
 REDUCING_GAP = 2.0
 
+# Exact mode resizes the whole image and then crops, as the reference does, while the
+# resized image has at most WINDOW_PIXELS pixels (48 MB in RGB; aspect ratios up to about
+# 239:1 at 224 px) or WINDOW_FACTOR x the crop's pixels, whichever is more; beyond that it
+# computes only the cropped window (resize_window), so memory follows the output and not
+# the aspect ratio. What that costs in exactness: the module notes.
+WINDOW_PIXELS = 12_000_000
+WINDOW_FACTOR = 16
+# Pillow's filter table for an axis holds about 32 bytes per source pixel (bicubic) when it
+# shrinks that axis, so exact "squash" of a side more than SQUASH_REDUCE x longer than the
+# output (a 1 x 1,000,000 image) reduces by an integer factor first, as fast mode does.
+SQUASH_REDUCE = 4096
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
 }
+
+# Half-width of each filter in source pixels at scale 1 (Pillow's filter supports).
+_SUPPORT = {Image.Resampling.BICUBIC: 2.0, Image.Resampling.BILINEAR: 1.0, Image.Resampling.NEAREST: 0.5}
 
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
@@ -250,7 +305,8 @@ class Preprocessor:
 
     def load(self, item, name: Optional[str] = None, *, index: Optional[int] = None) -> Image.Image:
         """The decoded image in its own mode (not yet RGB: the reference converts after the
-        resize), EXIF-transposed if asked, at reduced scale for large JPEGs in fast mode."""
+        resize; 16-bit gray, "PA" and "La" already made 8-bit, see the module notes),
+        EXIF-transposed if asked, at reduced scale for large JPEGs in fast mode."""
         def run():
             opened = _Opened(self, item)
             with opened as (im, _, _):
@@ -340,24 +396,31 @@ class Preprocessor:
         if s.resize_mode == "squash":
             if box is None and (w, h) == (cw, ch):
                 return im
+            if self.mode == "exact" and max(w / cw, h / ch) > SQUASH_REDUCE:
+                return im.resize((cw, ch), self._resample, box=box, reducing_gap=REDUCING_GAP)
             return self._resize(im, (cw, ch), box)
         nw, nh = resized_size(w, h, s.resize_size)
-        if cw > nw or ch > nh:
-            full = im if box is None and (nw, nh) == (w, h) else self._resize(im, (nw, nh), box)
-            return _center_crop_pad(full, cw, ch)
-        left, top = crop_offset(nw, cw), crop_offset(nh, ch)
-        crop = (left, top, left + cw, top + ch)
+        # the part of the resized image that the centre crop keeps (a whole axis where it pads)
+        x0, x1 = _crop_span(nw, cw)
+        y0, y1 = _crop_span(nh, ch)
+        window = (x0, y0, x1, y1)
         if box is None and (nw, nh) == (w, h):
-            return im.crop(crop)
-        if (cw, ch) == (nw, nh):
-            return self._resize(im, (nw, nh), box)
-        if self.mode == "fast":
-            x0, y0, x1, y1 = box if box is not None else (0.0, 0.0, float(w), float(h))
-            sx, sy = (x1 - x0) / nw, (y1 - y0) / nh
-            sub = (x0 + left * sx, y0 + top * sy,  # clamped: rounding must not leave the image
-                   min(x0 + (left + cw) * sx, im.width), min(y0 + (top + ch) * sy, im.height))
-            return self._resize(im, (cw, ch), sub)
-        return im.resize((nw, nh), self._resample).crop(crop)
+            out = im if (x1 - x0, y1 - y0) == (w, h) else im.crop(window)
+        elif self.mode == "fast":
+            bx0, by0, bx1, by1 = box if box is not None else (0.0, 0.0, float(w), float(h))
+            sx, sy = (bx1 - bx0) / nw, (by1 - by0) / nh
+            sub = (bx0 + x0 * sx, by0 + y0 * sy,  # clamped: rounding must not leave the image
+                   min(bx0 + x1 * sx, im.width), min(by0 + y1 * sy, im.height))
+            out = self._resize(im, (x1 - x0, y1 - y0), sub)
+        elif nw * nh <= max(WINDOW_PIXELS, WINDOW_FACTOR * cw * ch):
+            out = im.resize((nw, nh), self._resample)            # the reference: whole image, then crop
+            if (x1 - x0, y1 - y0) != (nw, nh):
+                out = out.crop(window)
+        else:
+            out = resize_window(im, (nw, nh), window, self._resample)
+        if (x1 - x0, y1 - y0) != (cw, ch):
+            out = _center_crop_pad(out, cw, ch)
+        return out
 
     def _normalise(self, pixels: np.ndarray, out: np.ndarray) -> None:
         chw = pixels.transpose(2, 0, 1)
@@ -415,6 +478,7 @@ class _Opened:
         box = None
         if pre.mode == "fast" and owned:
             box = pre._draft(im, swapped)
+        im = _eight_bit(im)
         if method is not None:
             if box is not None:
                 box = _transposed_box(box, im.size, method)
@@ -427,6 +491,19 @@ class _Opened:
         if self.file is not None:
             self.file.close()
         return False
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """The modes whose reference result means nothing, recast so that it does (module notes):
+    16-bit gray keeps its high byte (as "L"), palette-with-alpha becomes RGBA, and
+    premultiplied "La" becomes "LA". Other modes are returned as they are."""
+    if im.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
+    if im.mode == "PA":
+        return im.convert("RGBA")
+    if im.mode == "La":
+        return im.convert("LA")
+    return im
 
 
 def _center_crop_pad(im: Image.Image, cw: int, ch: int) -> Image.Image:
@@ -450,3 +527,73 @@ def _center_crop_pad(im: Image.Image, cw: int, ch: int) -> Image.Image:
         return im
     left, top = crop_offset(w, cw), crop_offset(h, ch)
     return im.crop((left, top, left + cw, top + ch))
+
+
+def _crop_span(size: int, crop: int) -> Tuple[int, int]:
+    """[start, end) of the centre crop along one axis of the resized image: the whole axis
+    when the crop is larger (the difference is padded afterwards)."""
+    if crop >= size:
+        return 0, size
+    start = crop_offset(size, crop)
+    return start, start + crop
+
+
+def _source_span(start: int, end: int, n: int, length: int, support: float) -> Tuple[int, int]:
+    """Source pixels [lo, hi) that output pixels [start, end) of an axis resized from
+    `length` to `n` can read: the filter's reach plus a margin, clipped to the image. Pillow
+    renormalises the filter only at the image's own edges, so any crop of the source that
+    keeps this span leaves every output pixel's inputs in place."""
+    if start == 0 and end == n:
+        return 0, length
+    scale = length / n
+    reach = support * max(scale, 1.0) + 2.0
+    return max(0, math.floor(start * scale - reach)), min(length, math.ceil(end * scale + reach))
+
+
+def resize_window(im: Image.Image, size: Tuple[int, int], window: Tuple[int, int, int, int],
+                  resample: int) -> Image.Image:
+    """``im.resize(size, resample).crop(window)`` computed over the window only: memory and
+    time follow the window, not `size`.
+
+    The source is cut (in whole pixels) to the span the window reads, then each axis is
+    resized in its own ``resize`` call, in the order Pillow picks for the full resize
+    (vertical first when the height shrinks by more than twice as many pixels as the width),
+    with premultiplied alpha across both passes as Pillow does. An axis the window covers
+    whole gets the very same pass as the full resize; a cropped axis is placed with a
+    fractional ``box``, which Pillow reads as float32, so its filter positions differ from
+    the full resize's by rounding: results stay within 2 levels of the full resize in a
+    small share of the values (premultiplied, for images with alpha), and nearest picks a
+    neighbouring source pixel at a small share of the positions (module notes)."""
+    nw, nh = size
+    x0, y0, x1, y1 = window
+    w, h = im.size
+    if im.mode in ("1", "P"):
+        resample = Image.Resampling.NEAREST
+    support = _SUPPORT[resample]
+    sx0, sx1 = _source_span(x0, x1, nw, w, support)
+    sy0, sy1 = _source_span(y0, y1, nh, h, support)
+    if (sx0, sy0, sx1, sy1) != (0, 0, w, h):
+        im = im.crop((sx0, sy0, sx1, sy1))
+    cw, ch = im.size
+
+    def span(start: int, end: int, n: int, length: int, lo: int, here: int) -> Tuple[float, float]:
+        if start == 0 and end == n:
+            return 0.0, float(here)
+        scale = length / n
+        return start * scale - lo, min(end * scale - lo, float(here))
+
+    bx0, bx1 = span(x0, x1, nw, w, sx0, cw)
+    by0, by1 = span(y0, y1, nh, h, sy0, ch)
+    ow, oh = x1 - x0, y1 - y0
+    if resample == Image.Resampling.NEAREST:
+        return im.resize((ow, oh), resample, box=(bx0, by0, bx1, by1))
+    alpha = im.mode if im.mode in ("LA", "RGBA") else None
+    if alpha:
+        im = im.convert(alpha[:-1] + "a")
+    if (h - nh) > 0 and (h - nh) > 2 * (w - nw):
+        im = im.resize((cw, oh), resample, box=(0.0, by0, float(cw), by1))
+        im = im.resize((ow, oh), resample, box=(bx0, 0.0, bx1, float(oh)))
+    else:
+        im = im.resize((ow, ch), resample, box=(bx0, 0.0, bx1, float(ch)))
+        im = im.resize((ow, oh), resample, box=(0.0, by0, float(ow), by1))
+    return im.convert(alpha) if alpha else im
