@@ -365,8 +365,16 @@ def _bad_items(tmp_path):
         ("4-d array", np.zeros((1, 8, 8, 3), np.uint8), "shape"),
         ("missing path", str(tmp_path / "missing.jpg"), "no such file"),
         ("directory", str(tmp_path), "directory"),
+        ("FIFO named like an image", _fifo(tmp_path / "pipe.jpg"), "FIFO"),
         ("unsupported type", 3.5, "unsupported item type float"),
     ]
+
+
+def _fifo(path) -> str:
+    """A FIFO (no writer: opening it to read without O_NONBLOCK would block forever)."""
+    if not os.path.exists(path):
+        os.mkfifo(path)
+    return str(path)
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])

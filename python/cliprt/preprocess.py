@@ -441,6 +441,7 @@ class _Opened:
         self.pre = pre
         self.item = item
         self.file: Optional[Image.Image] = None
+        self.fp = None
 
     def __enter__(self):
         try:
@@ -464,7 +465,8 @@ class _Opened:
             path = os.fspath(item)
             if isinstance(path, bytes):
                 path = os.fsdecode(path)
-            im = self.file = Image.open(path, formats=_OPEN_FORMATS)
+            self.fp = _open_regular(path)
+            im = self.file = Image.open(self.fp, formats=_OPEN_FORMATS)
         else:
             raise _Invalid(f"unsupported item type {type(item).__name__} (expected a path, bytes, "
                            "a PIL image or a uint8 array)")
@@ -490,7 +492,31 @@ class _Opened:
     def __exit__(self, *exc):
         if self.file is not None:
             self.file.close()
+        if self.fp is not None:
+            self.fp.close()
         return False
+
+
+def _open_regular(path: str):
+    """The file at `path` opened for reading, if it is a regular file. Opened without
+    blocking and checked on the descriptor (not by name first), so a FIFO, a device or a
+    socket under an image's name, or put there after a directory listing, is refused
+    instead of hanging the decode."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    else "not a regular file")
+            raise _Invalid(f"not a regular file ({kind}): not opened")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _eight_bit(im: Image.Image) -> Image.Image:
