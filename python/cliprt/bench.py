@@ -33,7 +33,8 @@ def encoder_throughput(encoder, images: Optional[Sequence[str]] = None, texts: O
     out: Dict[str, Any] = {"precisions": dict(encoder.precisions), "batch": batch_size,
                            "threads": encoder.threads, "inflight": encoder.inflight}
     if "image" in encoder.manifest.towers and images:
-        paths = [it.data for _, it in zip(range(limit), iter_source(images))]
+        # Items a source refuses (not a regular file, over the size cap) are not timed.
+        paths = [it.data for _, it in zip(range(limit), (it for it in iter_source(images) if it.error is None))]
         if not paths:
             raise SourceError(f"no images found in {images}")
         encoder.encode_images(paths[:batch_size], batch_size=batch_size, on_error="skip", return_errors=True)
