@@ -814,9 +814,12 @@ def image_item(case):
         if mode in ("L", "RGB", "RGBA"):
             return np.asarray(im)
         return np.frombuffer(tiny_image("L", w, h, px).tobytes(), np.uint8).reshape(h, w)
-    if fmt not in TINY_MODES[mode]:   # a mode the format cannot store: its RGB version
-        im = tiny_image("RGB", w, h, px)
-    return encode_image(im, fmt)
+    if fmt in TINY_MODES[mode]:
+        try:
+            return encode_image(im, fmt)
+        except (OSError, ValueError):   # e.g. PNG refuses mode "I" values past 16 bits
+            pass
+    return encode_image(tiny_image("RGB", w, h, px), fmt)   # a mode the format cannot store
 
 
 def check_image(pre: Preprocessor, item) -> str:
@@ -1009,3 +1012,57 @@ def test_collection_select(records, queries):
             col.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_select_examples(tmp_path):
+    """The cases the fuzzing found, as plain examples."""
+    records = [
+        {"key": "a", "path": "/d/dogs/1.jpg", "size": 5, "mtime": 1.5, "meta": {"n": 1, "t": "5", "o": {"x": 1}}},
+        {"key": "b", "path": "/d/DOGS/2.JPG", "size": 6, "mtime": None, "meta": {"n": True, "t": None}},
+        {"key": "5", "path": "5", "size": None, "mtime": 5.0, "meta": {"n": 1.0, "o": [1, 2]}},
+        {"key": "d", "path": None, "size": 7, "mtime": 2.0, "meta": None},
+    ]
+    col, stored = make_collection(str(tmp_path / "c"), records)
+    ids = {r["key"]: int(i) for i, r in stored.items()}
+
+    def sel(*args, **kw):
+        got = set(col.select(*args, **kw).tolist())
+        return sorted(k for k, v in ids.items() if v in got)
+
+    assert sel({"n": 1}) == ["5", "a", "b"]             # 1 == 1.0 == True, as in Python
+    assert sel({"t": 5}) == [] and sel({"t": "5"}) == ["a"]
+    assert sel({"size": "5"}) == [] and sel({"size": 5}) == ["a"]   # no column affinity
+    assert sel({"key": 5}) == [] and sel({"key": "5"}) == ["5"]
+    assert sel({"t": None}) == ["5", "b", "d"]          # null or absent
+    assert sel({"mtime": None}) == ["b"]
+    assert sel({"o": '{"x":1}'}) == []                  # an object is not its JSON text
+    assert sel({"o.x": 1}) == ["a"]
+    assert sel({"n": [np.int64(1), np.float32(7)]}) == ["5", "a", "b"]
+    assert sel({"n": []}) == [] and sel({"n": float("nan")}) == []
+    assert sel(path_like="%/dogs/%") == ["a", "b"]      # ASCII letters fold
+    for bad in ({"n": {"a": 1}}, {"n": [[1]]}, {"n": b"x"}, {"n": 1 << 64}, {"n": "\ud800"}, {"a..b": 1},
+                {"a'); DROP TABLE items; --": 1}, {3: 1}):
+        with pytest.raises(ValueError) as ei:
+            col.select(bad)
+        assert not isinstance(ei.value, sqlite3.Error)
+        field = next(iter(bad))
+        assert repr(field) in str(ei.value), (bad, str(ei.value))
+    with pytest.raises(TypeError):
+        col.select([("n", 1)])
+    with pytest.raises(TypeError):
+        col.select(path_like=b"%")
+    for pattern in ("%\x00", "a" * 50001):
+        with pytest.raises(ValueError):
+            col.select(path_like=pattern)
+    col.close()
+
+
+def test_select_over_meta_that_is_not_json(tmp_path):
+    """Collection.add writes NaN / Infinity in meta as json.dumps does (not JSON), which
+    SQLite cannot parse: select() raises a ValueError saying so, not an sqlite3 error."""
+    col, _ = make_collection(str(tmp_path / "c"), [{"key": "a", "meta": {"x": float("nan")}}])
+    with pytest.raises(ValueError, match="not valid JSON") as ei:
+        col.select({"y": 1})
+    assert not isinstance(ei.value, sqlite3.Error)
+    assert col.select({"size": None}).tolist() == [0]   # column filters still work
+    col.close()
