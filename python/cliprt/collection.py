@@ -282,22 +282,104 @@ class Collection:
         return out
 
     def select(self, where: Optional[Dict[str, Any]] = None, path_like: Optional[str] = None) -> np.ndarray:
-        """Ids whose metadata matches: `where` = {field: value} on the JSON `meta` (or the
-        columns path/size/mtime/key), values compared for equality (a list means any of);
-        `path_like` = an SQL LIKE pattern on the path ('%/dogs/%')."""
-        clauses, params = [], []
+        """Ids whose metadata matches every condition (int64, in id order).
+
+        `where` = {field: value}: a field is one of the columns key / path / size / mtime or a
+        field of the JSON `meta`, dotted for nested objects ("exif.model"); each part is made
+        of letters, digits and underscores. A value is a str, int, float, bool or None, or a
+        list / tuple / set of them (any of). Equality is Python's: 1 matches 1, 1.0 and true;
+        a string matches only a string; None matches a field that is null or absent; NaN
+        matches nothing. `path_like` = an SQL LIKE pattern on the path ('%/dogs/%'; ASCII
+        letters case-insensitive). Raises ValueError naming the field for a bad field name
+        or value, TypeError when `where` is not a mapping or `path_like` not a str."""
+        import math
+        import numbers
+        from collections.abc import Mapping
+
+        if where is not None and not isinstance(where, Mapping):
+            raise TypeError(f"where must be a dict of field -> value, got {type(where).__name__}")
+        clauses: List[str] = []
+        params: List[Any] = []
         for field, value in (where or {}).items():
-            if not isinstance(field, str) or not field.replace("_", "").replace(".", "").isalnum():
-                raise ValueError(f"bad metadata field name {field!r}")
-            expr = field if field in ("key", "path", "size", "mtime") else f"json_extract(meta, '$.{field}')"
-            values = value if isinstance(value, (list, tuple, set)) else [value]
-            clauses.append(f"{expr} IN ({','.join('?' * len(values))})")
-            params += list(values)
+            if not isinstance(field, str) or not all(
+                    part and all(c == "_" or c.isalnum() for c in part) for part in field.split(".")):
+                raise ValueError(f"bad metadata field name {field!r}: expected letters, digits and underscores, "
+                                 "dotted for nested fields")
+            values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+            null, texts, nums = False, [], []
+            for v in values:
+                if v is None:
+                    null = True
+                elif isinstance(v, str):
+                    try:
+                        v.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"where[{field!r}]: the string {v!r} is not valid Unicode "
+                                         "(lone surrogate)") from None
+                    texts.append(v)
+                elif isinstance(v, (bool, np.bool_)):
+                    nums.append(int(v))
+                elif isinstance(v, numbers.Integral):
+                    if not -(1 << 63) <= int(v) < (1 << 63):
+                        raise ValueError(f"where[{field!r}]: the integer {int(v)} does not fit in 64 bits")
+                    nums.append(int(v))
+                elif isinstance(v, numbers.Real):
+                    if not math.isnan(float(v)):     # NaN equals nothing
+                        nums.append(float(v))
+                else:
+                    raise ValueError(f"where[{field!r}]: unsupported value {v!r} of type {type(v).__name__} "
+                                     "(expected str, int, float, bool or None, or a list of them)")
+            alts: List[str] = []
+            if field in ("key", "path", "size", "mtime"):
+                # "+column" drops the column's type affinity, so '5' never equals 5
+                if null:
+                    alts.append(f"{field} IS NULL")
+                if texts:
+                    alts.append(f"(typeof({field}) = 'text' AND {field} IN ({','.join('?' * len(texts))}))")
+                    params += texts
+                if nums:
+                    alts.append(f"+{field} IN ({','.join('?' * len(nums))})")
+                    params += nums
+            else:
+                json_path = "$." + field
+                if null:
+                    alts.append("coalesce(json_type(meta, ?), 'null') = 'null'")
+                    params.append(json_path)
+                if texts:
+                    alts.append(f"(json_type(meta, ?) = 'text' AND json_extract(meta, ?) IN ({','.join('?' * len(texts))}))")
+                    params += [json_path, json_path] + texts
+                if nums:
+                    alts.append(f"json_extract(meta, ?) IN ({','.join('?' * len(nums))})")
+                    params += [json_path] + nums
+            clauses.append("(" + " OR ".join(alts) + ")" if alts else "0")
         if path_like is not None:
+            if not isinstance(path_like, str):
+                raise TypeError(f"path_like must be a str, got {type(path_like).__name__}")
+            like_limit = (self._db.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH)
+                          if hasattr(self._db, "getlimit") else 50000)
+            if "\0" in path_like:
+                raise ValueError("path_like must not contain NUL characters")
+            try:
+                nbytes = len(path_like.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ValueError(f"path_like {path_like!r} is not valid Unicode (lone surrogate)") from None
+            if nbytes > like_limit:
+                raise ValueError(f"path_like is {nbytes} bytes long, more than SQLite's {like_limit}")
             clauses.append("path LIKE ?")
             params.append(path_like)
-        q = "SELECT id FROM items" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        return np.fromiter((r[0] for r in self._db.execute(q, params)), np.int64)
+        max_params = (self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                      if hasattr(self._db, "getlimit") else 999)
+        if len(params) > max_params:
+            raise ValueError(f"where holds {len(params)} values and field paths, more than SQLite's {max_params}")
+        q = "SELECT id FROM items" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id"
+        try:
+            rows = self._db.execute(q, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "malformed JSON" not in str(e):
+                raise
+            raise CollectionError("the meta of an item in this collection is not valid JSON (NaN or Infinity "
+                                  "values?), so it cannot be filtered on") from None
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
     def close(self) -> None:
         """Closes the metadata database and gives up the writer lock (uncommitted changes are
