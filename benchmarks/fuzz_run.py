@@ -10,8 +10,7 @@ Inputs are drawn by hypothesis (random, a fresh seed per batch unless --seed) an
 child processes in batches; a child that dies (a signal, an abort) counts as a crash of the
 input it was on and the batch goes on in a new child. The table gives, per target: inputs
 tried, ok, expected errors (FormatError, ImageError, ValueError / TypeError of select),
-known core bugs (tests/test_fuzz.py KNOWN_LOADER_BUGS), unexpected outcomes by kind and
-crashes; then one input for each unexpected kind, to replay.
+unexpected outcomes by kind and crashes; then one input for each unexpected kind, to replay.
 """
 from __future__ import annotations
 
@@ -83,7 +82,7 @@ def _kind(message: str) -> str:
 
 
 def run_one(F, target: str, case, bases) -> list:
-    """Outcomes of one input: a list of "ok" / "expected" / "known:<bug>" / "bad:<kind>"."""
+    """Outcomes of one input: a list of "ok" / "expected" / "bad:<kind>"."""
     if target.startswith("loader") or target == "manifest":
         config, c, mmap, verify = case
         try:
@@ -179,7 +178,7 @@ def run_batch(target: str, cases: list, stats: dict, examples: dict, timeout: fl
                     done = rec["i"]
                     for out in rec["out"]:
                         stats[out] += 1
-                        if out.startswith(("bad:", "known:")) and out not in examples:
+                        if out.startswith("bad:") and out not in examples:
                             examples[out] = rest[done]
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -244,13 +243,12 @@ def main(argv=None) -> int:
         print(f"  {t}: {tried} inputs in {time.monotonic() - t0:.0f} s", flush=True)
 
     print()
-    head = ("target", "inputs", "checks", "ok", "expected errors", "known core bugs", "unexpected", "crashes")
+    head = ("target", "inputs", "checks", "ok", "expected errors", "unexpected", "crashes")
     table = []
     for t, tried, checks, stats, _ in rows:
-        known = ", ".join(f"{k[6:]} {v}" for k, v in sorted(stats.items()) if k.startswith("known:")) or "0"
         bad = ", ".join(f"{k[4:]} {v}" for k, v in sorted(stats.items()) if k.startswith("bad:")) or "0"
         crashes = ", ".join(f"{k[6:]} {v}" for k, v in sorted(stats.items()) if k.startswith("crash:")) or "0"
-        table.append((t, str(tried), str(checks), str(stats["ok"]), str(stats["expected"]), known, bad, crashes))
+        table.append((t, str(tried), str(checks), str(stats["ok"]), str(stats["expected"]), bad, crashes))
     widths = [max(len(r[i]) for r in [head] + table) for i in range(len(head))]
     for r in [head, tuple("-" * w for w in widths)] + table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

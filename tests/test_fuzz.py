@@ -24,8 +24,7 @@ Each target states its contract; any other outcome is a bug:
 
 The example counts are small so the module runs in well under a minute; the same
 generators run for longer, with every index load in a child process, in
-benchmarks/fuzz_run.py. Cases that fail today because of a core bug are listed as strict
-xfails with the bug named (see KNOWN_LOADER_BUGS).
+benchmarks/fuzz_run.py.
 """
 from __future__ import annotations
 
@@ -437,40 +436,6 @@ def check_manifest_case(d: str, original_ids: set, mmap: bool = True) -> str:
     return "ok"
 
 
-# ---- known core bugs ---------------------------------------------------------------------
-# Violations that the C++ loader fix (caps and alignment checks) removes. The explicit
-# cases below are strict xfails naming them; the hypothesis tests accept a violation only
-# when known_loader_bug() names it. Delete an entry when its fix lands.
-KNOWN_LOADER_BUGS = {
-    "rows-wrap": "a header row count of 2**61 or more can make the section sizes wrap in uint64 "
-                 "arithmetic, the size checks pass and the loader allocates a deletion bitmap for "
-                 "that many rows: MemoryError (std::bad_alloc) instead of FormatError",
-    "section-alignment": "a section at an offset that is not 4096-aligned is loaded (no alignment check)",
-    "section-overlap": "sections that overlap each other are loaded (no overlap check)",
-    "message-utf8": "a FormatError message that quotes MANIFEST bytes which are not UTF-8 (a bad "
-                    "checksum field, metric or storage) cannot become a Python str: UnicodeDecodeError "
-                    "instead of FormatError",
-    "manifest-dim-cap": "a manifest dim above 65536 (MAX_DIM) raises the Index constructor's ValueError "
-                        "instead of FormatError",
-}
-
-
-def known_loader_bug(case, message: str) -> Optional[str]:
-    """The KNOWN_LOADER_BUGS entry a contract violation is explained by, or None."""
-    if "rows-wrap" in KNOWN_LOADER_BUGS and message.startswith("load raised MemoryError") and \
-            case[0] == "header" and case[2].get("rows", 0) >= 1 << 61:
-        return "rows-wrap"
-    if "section-alignment" in KNOWN_LOADER_BUGS and "is not 4096-aligned" in message:
-        return "section-alignment"
-    if "section-overlap" in KNOWN_LOADER_BUGS and message.startswith("loaded a malformed") and "overlap" in message:
-        return "section-overlap"
-    if "message-utf8" in KNOWN_LOADER_BUGS and message.startswith("load raised UnicodeDecodeError"):
-        return "message-utf8"
-    if "manifest-dim-cap" in KNOWN_LOADER_BUGS and "load raised ValueError: dim must be in [1, 65536]" in message:
-        return "manifest-dim-cap"
-    return None
-
-
 # ---- strategies ----------------------------------------------------------------------------
 
 _fraction = st.floats(0, 1)
@@ -539,22 +504,16 @@ manifest_cases = st.lists(_manifest_edit, min_size=1, max_size=3).map(lambda edi
 
 def run_loader_case(base: str, case, mmap: bool, verify: bool) -> str:
     """Copies the index at `base`, applies `case`, loads it under the contract. Returns the
-    outcome ("ok", "FormatError", "known:<bug>") or raises ContractViolation."""
+    outcome ("ok", "FormatError") or raises ContractViolation."""
     work = tempfile.mkdtemp(prefix="cliprt-fuzz-")
     try:
         d = os.path.join(work, "ix")
         shutil.copytree(base, d)
         original = stored_row_ids(d)
         apply_case(d, case)
-        try:
-            if case[0] == "manifest":
-                return check_manifest_case(d, original, mmap)
-            return check_load(d, mmap, verify, original)
-        except ContractViolation as e:
-            bug = known_loader_bug(case, str(e))
-            if bug:
-                return "known:" + bug
-            raise
+        if case[0] == "manifest":
+            return check_manifest_case(d, original, mmap)
+        return check_load(d, mmap, verify, original)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -620,27 +579,18 @@ def test_manifest_mutations(loader_bases, config, case, mmap):
 
 
 # ---- explicit crafted cases ------------------------------------------------------------------
-# Each must be rejected with FormatError; the ones a known core bug breaks today are strict
-# xfails naming the bug.
-
-def _bug(name: str):
-    return pytest.mark.xfail(strict=True, raises=ContractViolation,
-                             reason=f"core bug {name}: {KNOWN_LOADER_BUGS[name]}")
-
+# Each must be rejected with FormatError.
 
 def _header(role, fields, edits=(), reseal=True):
     return ["header", role, fields, list(edits), reseal]
 
 
 CRAFTED_HEADERS = [
-    pytest.param("f32-d6", _header("seg0", {"rows": 1 << 61}, WRAP_ALL), id="rows-2^61-sizes-wrap",
-                 marks=_bug("rows-wrap")),
-    pytest.param("f32-d6", _header("seg0", {"rows": (1 << 61) + 1}, WRAP_ALL), id="rows-2^61+1-sizes-wrap",
-                 marks=_bug("rows-wrap")),
-    pytest.param("i8-d5-orig-del", _header("seg0", {"rows": 1 << 62}, WRAP_ALL), id="rows-2^62-i8-sizes-wrap",
-                 marks=_bug("rows-wrap")),
+    pytest.param("f32-d6", _header("seg0", {"rows": 1 << 61}, WRAP_ALL), id="rows-2^61-sizes-wrap"),
+    pytest.param("f32-d6", _header("seg0", {"rows": (1 << 61) + 1}, WRAP_ALL), id="rows-2^61+1-sizes-wrap"),
+    pytest.param("i8-d5-orig-del", _header("seg0", {"rows": 1 << 62}, WRAP_ALL), id="rows-2^62-i8-sizes-wrap"),
     pytest.param("b1-d65-orig", _header("seg0", {"rows": (1 << 62) + 16}, WRAP_ALL),
-                 id="rows-2^62+16-b1-sizes-wrap", marks=_bug("rows-wrap")),
+                 id="rows-2^62+16-b1-sizes-wrap"),
     pytest.param("f16-d17-del", _header("seg0", {"rows": 1 << 40}, WRAP_ALL), id="rows-2^40"),
     pytest.param("f32-d6", _header("seg0", {"rows": (1 << 63) - 1}, WRAP_ALL), id="rows-2^63-1"),
     pytest.param("f32-d6", _header("seg0", {"rows": 1 << 63}, WRAP_ALL), id="rows-2^63"),
@@ -648,17 +598,12 @@ CRAFTED_HEADERS = [
     pytest.param("f32-d6", _header("seg0", {"dim": 1 << 31}, WRAP_ALL), id="dim-2^31"),
     pytest.param("b1-d65-orig", _header("seg0", {"dim": (1 << 32) - 1, "rows": 1 << 62}, WRAP_ALL),
                  id="dim-2^32-1-rows-2^62"),
-    pytest.param("i8-d5-orig-del", _header("seg0", {}, [[2, "offset", "+8"]]), id="codes-offset+8",
-                 marks=_bug("section-alignment")),
-    pytest.param("b1-d65-orig", _header("seg0", {}, [[3, "offset", "+4"]]), id="originals-offset+4",
-                 marks=_bug("section-alignment")),
-    pytest.param("f16-d17-del", _header("del0", {}, [[0, "offset", "+8"]]), id="deletions-offset+8",
-                 marks=_bug("section-alignment")),
+    pytest.param("i8-d5-orig-del", _header("seg0", {}, [[2, "offset", "+8"]]), id="codes-offset+8"),
+    pytest.param("b1-d65-orig", _header("seg0", {}, [[3, "offset", "+4"]]), id="originals-offset+4"),
+    pytest.param("f16-d17-del", _header("del0", {}, [[0, "offset", "+8"]]), id="deletions-offset+8"),
     pytest.param("i8-d5-orig-del", _header("seg0", {}, [[0, "offset", "+1"]]), id="ids-offset+1"),
-    pytest.param("f32-d6", _header("seg0", {}, [[2, "offset", "overlap"]]), id="codes-overlap-ids",
-                 marks=_bug("section-overlap")),
-    pytest.param("i8-d5-orig-del", _header("seg0", {}, [[3, "offset", "overlap"]]), id="originals-overlap-ids",
-                 marks=_bug("section-overlap")),
+    pytest.param("f32-d6", _header("seg0", {}, [[2, "offset", "overlap"]]), id="codes-overlap-ids"),
+    pytest.param("i8-d5-orig-del", _header("seg0", {}, [[3, "offset", "overlap"]]), id="originals-overlap-ids"),
     pytest.param("f32-d6", _header("seg0", {}, [[2, "offset", "past-eof"]]), id="codes-past-eof"),
     pytest.param("f32-d6", _header("seg0", {}, [[2, "offset", "eof"]]), id="codes-at-eof"),
     pytest.param("f32-d6", _header("seg0", {}, [[2, "offset", U64 - 4095]]), id="codes-offset-wraps"),
@@ -684,12 +629,11 @@ def test_crafted_header_is_rejected(loader_bases, config, case, mmap):
 CRAFTED_MANIFESTS = [
     # (edits, outcomes allowed)
     pytest.param([["set", "dim", "65537"], ["set", "segments", "0"], ["droplines", "segment"]], {"FormatError"},
-                 id="dim-65537-no-segments", marks=_bug("manifest-dim-cap")),
+                 id="dim-65537-no-segments"),
     pytest.param([["set", "dim", "2147483647"], ["set", "segments", "0"], ["droplines", "segment"]],
-                 {"FormatError"}, id="dim-2^31-1-no-segments", marks=_bug("manifest-dim-cap")),
-    pytest.param([["set", "metric", "cos\udc80"]], {"FormatError"}, id="metric-not-utf8", marks=_bug("message-utf8")),
-    pytest.param([["segfield", 0, 2, "\udcff" * 16]], {"FormatError"}, id="hash-not-utf8",
-                 marks=_bug("message-utf8")),
+                 {"FormatError"}, id="dim-2^31-1-no-segments"),
+    pytest.param([["set", "metric", "cos\udc80"]], {"FormatError"}, id="metric-not-utf8"),
+    pytest.param([["segfield", 0, 2, "\udcff" * 16]], {"FormatError"}, id="hash-not-utf8"),
     pytest.param([["set", "dim", "2147483648"]], {"FormatError"}, id="dim-2^31"),
     pytest.param([["set", "segments", "16777217"]], {"FormatError"}, id="segments-2^24+1"),
     pytest.param([["set", "segments", "-1"]], {"FormatError"}, id="segments-negative"),
@@ -852,9 +796,7 @@ def test_seed_images_preprocess():
         for data in SEED_IMAGES:
             assert check_image(pre, data) == "ok"
         for mode in TINY_MODES:
-            # Pillow cannot resize "La" (no La -> L conversion): an ImageError, as the contract allows
-            want = "ImageError" if mode == "La" else "ok"
-            assert check_image(pre, tiny_image(mode, 2, 3, b"\x10\x80\xff")) == want, mode
+            assert check_image(pre, tiny_image(mode, 2, 3, b"\x10\x80\xff")) == "ok", mode
 
 
 @needs_pil
@@ -1058,9 +1000,14 @@ def test_select_examples(tmp_path):
 
 
 def test_select_over_meta_that_is_not_json(tmp_path):
-    """Collection.add writes NaN / Infinity in meta as json.dumps does (not JSON), which
-    SQLite cannot parse: select() raises a ValueError saying so, not an sqlite3 error."""
-    col, _ = make_collection(str(tmp_path / "c"), [{"key": "a", "meta": {"x": float("nan")}}])
+    """NaN / Infinity are not JSON (SQLite's JSON functions refuse them): add() refuses such
+    meta before changing anything, and select() over a database that holds some anyway (an
+    older writer's) raises a ValueError saying so, not an sqlite3 error."""
+    col, _ = make_collection(str(tmp_path / "c"), [{"key": "a", "meta": {"x": 1.5}}])
+    with pytest.raises(ValueError, match="'b'.*JSON"):
+        col.add(np.ones((2, 2), np.float32), [{"key": "b", "meta": {"x": float("nan")}}, {"key": "c"}])
+    assert len(col) == 1 and col.select({"x": 1.5}).tolist() == [0]
+    col._db.execute("UPDATE items SET meta = ? WHERE id = 0", ('{"x": NaN}',))
     with pytest.raises(ValueError, match="not valid JSON") as ei:
         col.select({"y": 1})
     assert not isinstance(ei.value, sqlite3.Error)

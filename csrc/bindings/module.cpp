@@ -1,6 +1,8 @@
 // pybind11 bindings: the module, exception translation, the CPU index (its shared methods in
 // index_api.h), build facts and codec hooks. Argument normalisation (dtype casts, Python
 // types) lives in python/cliprt/index.py; argument rules in the C++ entry points.
+#include <cstring>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -61,28 +63,40 @@ PYBIND11_MODULE(_core, m) {
   static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
   static py::exception<LockedError> locked_error(m, "LockedError", PyExc_OSError);
   static py::exception<ConflictError> conflict_error(m, "ConflictError", PyExc_OSError);
+  // Messages quote paths and file contents, which need not be UTF-8: undecodable bytes are
+  // shown escaped rather than turning the error into a UnicodeDecodeError.
+  static auto raise = [](PyObject* type, const std::exception& e) {
+    const char* w = e.what();
+    PyObject* msg = PyUnicode_DecodeUTF8(w, Py_ssize_t(std::strlen(w)), "backslashreplace");
+    if (msg) {
+      PyErr_SetObject(type, msg);
+      Py_DECREF(msg);
+    }
+  };
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const FormatError& e) {
-      py::set_error(format_error, e.what());
+      raise(format_error.ptr(), e);
     } catch (const LockedError& e) {
-      py::object err = py::reinterpret_borrow<py::object>(locked_error.ptr())(e.what());
-      err.attr("pid") = e.pid;
-      err.attr("path") = e.path;
-      PyErr_SetObject(locked_error.ptr(), err.ptr());
+      raise(locked_error.ptr(), e);
+      py::error_already_set err;  // fetched, given its fields, restored
+      err.value().attr("pid") = e.pid;
+      err.value().attr("path") = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeFSDefaultAndSize(e.path.data(), Py_ssize_t(e.path.size())));
+      err.restore();
     } catch (const ConflictError& e) {
-      py::set_error(conflict_error, e.what());
+      raise(conflict_error.ptr(), e);
     } catch (const ValueError& e) {
-      py::set_error(PyExc_ValueError, e.what());
+      raise(PyExc_ValueError, e);
     } catch (const TypeError& e) {
-      py::set_error(PyExc_TypeError, e.what());
+      raise(PyExc_TypeError, e);
     } catch (const KeyError& e) {
-      py::set_error(PyExc_KeyError, e.what());
+      raise(PyExc_KeyError, e);
     } catch (const IOError& e) {
-      py::set_error(PyExc_OSError, e.what());
+      raise(PyExc_OSError, e);
     } catch (const CudaError& e) {
-      py::set_error(PyExc_RuntimeError, e.what());
+      raise(PyExc_RuntimeError, e);
     }
   });
 

@@ -195,20 +195,26 @@ class Collection:
             raise ValueError(f"{len(records)} records for {len(embeddings)} embeddings")
         if len(records) == 0:
             return np.zeros(0, np.int64)
+        # Every check before any change: a bad record or embedding leaves the collection as it was.
+        keys = [r.get("key") if isinstance(r, dict) else None for r in records]
+        if not all(isinstance(k, str) and k for k in keys):
+            raise ValueError("every record must be a dict with a non-empty str 'key'")
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key is given twice in one add")
+        metas = [_meta_json(r) for r in records]
         with self._lock:
             self.begin_writing()
-            keys = [r["key"] for r in records]
             old = self._ids_of(keys)
+            start = self.next_id()
+            ids = np.arange(start, start + len(records), dtype=np.int64)
+            self.index.add(embeddings, ids)          # checks the embeddings; changes nothing if it raises
             if old:
                 self.index.remove(np.fromiter(old.values(), np.int64))
                 self._db.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in old])
-            start = self.next_id()
-            ids = np.arange(start, start + len(records), dtype=np.int64)
-            self.index.add(embeddings, ids)
             self._db.executemany(
                 "INSERT INTO items (id, key, path, size, mtime, meta) VALUES (?, ?, ?, ?, ?, ?)",
-                [(int(i), r["key"], r.get("path"), r.get("size"), r.get("mtime"),
-                  json.dumps(r["meta"]) if r.get("meta") is not None else None) for i, r in zip(ids, records)])
+                [(int(i), r["key"], r.get("path"), r.get("size"), r.get("mtime"), m)
+                 for i, r, m in zip(ids, records, metas)])
             self._db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
             return ids
 
@@ -397,6 +403,17 @@ class Collection:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _meta_json(record: Dict[str, Any]) -> Optional[str]:
+    """A record's `meta` as strict JSON (SQLite's JSON functions refuse NaN and Infinity)."""
+    meta = record.get("meta")
+    if meta is None:
+        return None
+    try:
+        return json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"meta of {record['key']!r} is not storable as JSON: {e}") from None
 
 
 def _read_config(path: str) -> Dict[str, Any]:
