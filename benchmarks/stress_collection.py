@@ -5,7 +5,8 @@
 A tiny random-initialised CLIP (tests/_tiny_clip.py) is exported once; a folder of small
 PNGs is embedded with `cliprt embed --commit-every 3`, and the embedder is killed with
 SIGKILL after a random delay, again and again; before each run some files get a new mtime,
-so items are re-embedded (their old rows removed, new ids given). Meanwhile another thread
+so items are re-embedded (their old rows removed, new ids given); the kill comes at a random
+moment after the run took the collection's writer lock. Meanwhile another thread
 runs `cliprt search` on the collection in a loop. After each kill the collection is opened
 as its next writer would (which repairs what a crashed commit left) and checked:
 
@@ -86,17 +87,14 @@ class Searcher(threading.Thread):
                 self.failures.append((r.returncode, r.stderr.strip()[-300:]))
 
 
-def _writer_active(col: str) -> bool:
-    """Whether some process holds the collection's writer lock right now."""
-    from cliprt import LockedError, _core
-
-    if not os.path.exists(os.path.join(col, "LOCK")):
-        return False
+def _lock_holder(col: str) -> int:
+    """The pid the collection's LOCK names (its last holder; 0 when none), read without
+    taking the lock."""
     try:
-        _core.DirectoryLock(col, 0.0, "collection").release()
-        return False
-    except LockedError:
-        return True
+        with open(os.path.join(col, "LOCK")) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def check(col_path: str, encoder, history: dict) -> list:
@@ -134,6 +132,8 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=30)
     ap.add_argument("--photos", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--changed", type=int, default=12, help="files given a new mtime before each run")
+    ap.add_argument("--window", type=float, default=0.5, help="kill within this many seconds of the lock")
     args = ap.parse_args()
     import cliprt
     from cliprt.encode import Encoder
@@ -142,8 +142,7 @@ def main() -> int:
           f"cliprt {cliprt.__version__}")
     rnd = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="cliprt-stress-col-")
-    stats = {"kills": 0, "kills before the run began writing": 0, "runs that ended before their kill": 0,
-             "checks": 0, "problems": 0,
+    stats = {"kills": 0, "runs that ended before their kill": 0, "checks": 0, "problems": 0,
              "items re-embedded on purpose": 0}
     history: dict = {}
     try:
@@ -152,35 +151,35 @@ def main() -> int:
         photos, col = os.path.join(root, "photos"), os.path.join(root, "col")
         make_photos(photos, args.photos)
         names = sorted(os.listdir(photos))
-        # A full run's duration, to spread the kills over it.
+        # One full run, for scale (and the model's first load).
         t0 = time.monotonic()
         subprocess.run(cli("embed", photos, "--model", model, "--index", os.path.join(root, "probe"),
                            "--commit-every", "3", "--no-progress", "--json"), check=True, capture_output=True)
-        full = time.monotonic() - t0
-        stats["seconds of one full run"] = round(full, 2)
+        stats["seconds of one full run"] = round(time.monotonic() - t0, 2)
         searcher = Searcher(col, model)
         searcher.start()
         mtime = 1.6e9
         while stats["kills"] < args.kills:
-            for name in rnd.sample(names, 6):           # changed files: re-embedded by the next run
+            for name in rnd.sample(names, args.changed):  # changed files: re-embedded by the next run
                 mtime += 1
                 os.utime(os.path.join(photos, name), (mtime, mtime))
                 stats["items re-embedded on purpose"] += 1
             p = subprocess.Popen(cli("embed", photos, "--model", model, "--index", col, "--commit-every", "3",
                                      "--no-progress", "--json"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # Kill at a random point of the part that writes: after the run took the writer
+            # lock (its pid is then in LOCK), within about the time a full run writes.
+            while p.poll() is None and _lock_holder(col) != p.pid:
+                time.sleep(0.002)
             try:
-                p.wait(timeout=rnd.uniform(0.3 * full, 1.1 * full))
+                p.wait(timeout=rnd.uniform(0.0, args.window))
                 stats["runs that ended before their kill"] += 1
                 if p.returncode != 0:
                     stats["problems"] += 1
                     print("embed failed:", p.stderr.read().decode()[-500:], file=sys.stderr)
             except subprocess.TimeoutExpired:
-                writing = _writer_active(col)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
-                # Only a kill of a run that held the writer lock counts (not one still loading
-                # its model); the others are tallied apart.
-                stats["kills" if writing else "kills before the run began writing"] += 1
+                stats["kills"] += 1
             p.stderr.close()
             if os.path.exists(os.path.join(col, "collection.json")):
                 found = check(col, encoder, history)
