@@ -193,6 +193,7 @@ CASES = [
     (["embed", "{photos}", "--model", "{model}", "--index", "{broken_json}"], "unreadable", None),
     (["embed", "{photos}", "--model", "{model}", "--index", "{other_dim}"], "-d embeddings", None),
     (["embed", "{photos}", "--model", "{model}", "--index", "{other_model}"], "was embedded with model", None),
+    (["embed", "{photos}", "--model", "{model}", "--index", "{col}", "--storage", "i8"], "stores f32, not i8", None),
     (["embed", "{photos}", "--model", "{model}", "--index", "{root}/c8", "--max-item-bytes", "lots"],
      "--max-item-bytes", None),
     # search

@@ -63,7 +63,11 @@ def cmd_embed(args) -> int:
     if "image" not in enc.manifest.towers:
         raise CommandError(f"model {args.model!r} has no image tower")
     model = args.model if args.model == "default" else os.path.abspath(args.model)
-    col = Collection.open_or_create(args.index, model=model, dim=enc.dim, storage=args.storage)
+    col = Collection.open_or_create(args.index, model=model, dim=enc.dim, storage=args.storage or "f32")
+    if args.storage and col.config["storage"] != args.storage:
+        col.close()
+        raise CommandError(f"collection {args.index!r} stores {col.config['storage']}, not {args.storage} "
+                           "(--storage applies to a new collection)")
     try:
         report = col.ingest(args.src, enc, batch_size=args.batch_size, commit_every=args.commit_every,
                             retry_failed=args.retry_failed, progress=not args.json and not args.no_progress,
@@ -299,7 +303,7 @@ def register(sub) -> None:
     p.add_argument("src", nargs="+", metavar="SRC", help="folder (recursive), file list (.txt) or .tar shards")
     p.add_argument("--model", default="default", help="model package directory or 'default'")
     p.add_argument("--index", required=True, metavar="DIR", help="collection directory (created if missing)")
-    p.add_argument("--storage", default="f32", choices=STORAGES, help="index storage for a new collection")
+    p.add_argument("--storage", choices=STORAGES, help="index storage for a new collection (default f32)")
     p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--fast", action="store_true", help="fast preprocessing (JPEG draft decoding)")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
