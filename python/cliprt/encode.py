@@ -280,8 +280,9 @@ class Encoder:
         return feeds, feeds["attention_mask"].sum(axis=1)
 
     def encode_texts(self, texts: Union[str, Sequence[str]], batch_size: Optional[int] = None,
-                     progress: bool = False) -> np.ndarray:
-        """Texts -> float32 (n, dim), L2-normalised, in input order."""
+                     progress: bool = False, return_lengths: bool = False):
+        """Texts -> float32 (n, dim), L2-normalised, in input order. With return_lengths,
+        (embeddings, each text's length in tokens)."""
         self._need("text")
         single = isinstance(texts, str)
         texts = [texts] if single else texts
@@ -290,7 +291,7 @@ class Encoder:
         n = len(lengths)
         out = np.empty((n, self.dim), np.float32)
         if n == 0:
-            return out
+            return (out, np.asarray(lengths)) if return_lengths else out
         session = self._session("text")
         names = self.manifest.towers["text"].inputs
         missing = [k for k in names if k not in feeds]
@@ -311,7 +312,7 @@ class Encoder:
         finally:
             if bar is not None:
                 bar.close()
-        return out
+        return (out, np.asarray(lengths)) if return_lengths else out
 
 
 # ---------------------------------------------------------------------- helpers

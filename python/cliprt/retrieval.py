@@ -22,7 +22,7 @@ import numpy as np
 
 from .index import Index
 
-__all__ = ["Retriever", "Hit", "parse_query"]
+__all__ = ["Retriever", "Hit", "parse_query", "combine"]
 
 NEGATIVE_WEIGHT = 0.5
 
@@ -70,6 +70,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
     if not np.isfinite(n) or n == 0:
         raise ValueError("the combined query embedding is zero: the weights cancel out")
     return x / n
+
+
+def combine(embeddings: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The query of weighted terms: the weighted sum of the L2-normalised embeddings,
+    normalised again (float32)."""
+    q = np.zeros(len(embeddings[0]), np.float64)
+    for e, w in zip(embeddings, weights):
+        q += float(w) * _unit(e)
+    return _unit(q).astype(np.float32)
 
 
 class Retriever:
@@ -123,7 +132,6 @@ class Retriever:
         if not items:
             raise ValueError("no query terms")
         kinds = list(kinds) if kinds is not None else ["text" if isinstance(q, str) else "image" for q, _ in items]
-        q = np.zeros(self.encoder.dim, np.float64)
         texts = [(i, q_) for i, ((q_, _), kind) in enumerate(zip(items, kinds)) if kind == "text"]
         images = [(i, q_) for i, ((q_, _), kind) in enumerate(zip(items, kinds)) if kind == "image"]
         emb: Dict[int, np.ndarray] = {}
@@ -133,31 +141,44 @@ class Retriever:
         if images:
             e = self.encoder.encode_images([im for _, im in images])
             emb.update({i: row for (i, _), row in zip(images, e)})
-        for i, (_, w) in enumerate(items):
-            q += float(w) * _unit(emb[i])
-        return self.search_vector(_unit(q).astype(np.float32), k=k, **filters)
+        return self.search_vector(combine([emb[i] for i in range(len(items))], [w for _, w in items]),
+                                  k=k, **filters)
 
     def search_vector(self, query: np.ndarray, k: int = 10, where: Optional[Dict[str, Any]] = None,
                       path_like: Optional[str] = None) -> List[Hit]:
-        query = np.asarray(query, np.float32)
+        return self.search_vectors(np.asarray(query, np.float32)[None, :], k=k, where=where, path_like=path_like)[0]
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, where: Optional[Dict[str, Any]] = None,
+                       path_like: Optional[str] = None) -> List[List[Hit]]:
+        """Hits of each row of `queries` (n, dim), all under the same filters, in one scan."""
+        queries = np.asarray(queries, np.float32)
+        if queries.ndim != 2:
+            raise ValueError(f"queries must be 2-D (n, dim), got shape {queries.shape}")
         if self.collection is None:
             if where or path_like:
                 raise ValueError("metadata filters need a Collection, not a bare Index")
-            scores, ids = self.index.search(query, k=k)
-            keep = ids >= 0
-            return [Hit(int(i), float(s), {}) for s, i in zip(scores[keep], ids[keep])]
+            scores, ids = self.index.search(queries, k=k)
+            return [[Hit(int(i), float(s), {}) for s, i in zip(sr, ir) if i >= 0] for sr, ir in zip(scores, ids)]
         allow = self.collection.searchable(where, path_like)
         if allow is not None and len(allow) == 0:
-            return []
+            self.index.search(queries[:0], k=k)     # the same argument checks as a real search
+            return [[] for _ in range(len(queries))]
         # A hit without metadata is a row the metadata has dropped since this index was
         # loaded (an item re-embedded by a writer in another process): skip it, and ask for
         # more until k hits with metadata are found or the index has no more.
+        out: List[Optional[List[Hit]]] = [None] * len(queries)
+        todo = np.arange(len(queries))
         want = k
-        while True:
-            scores, ids = self.index.search(query, k=want, allow=allow)
-            found = int((ids >= 0).sum())
-            meta = self.collection.metadata(ids[ids >= 0])
-            hits = [Hit(int(i), float(s), meta[int(i)]) for s, i in zip(scores, ids) if int(i) in meta]
-            if len(hits) >= k or found < want:
-                return hits[:k]
+        while len(todo):
+            scores, ids = self.index.search(queries[todo], k=want, allow=allow)
+            meta = self.collection.metadata(np.unique(ids[ids >= 0]))
+            again = []
+            for row, sr, ir in zip(todo, scores, ids):
+                hits = [Hit(int(i), float(s), meta[int(i)]) for s, i in zip(sr, ir) if int(i) in meta]
+                if len(hits) >= k or int((ir >= 0).sum()) < want:
+                    out[row] = hits[:k]
+                else:
+                    again.append(row)
+            todo = np.asarray(again, np.int64)
             want *= 2
+        return out  # type: ignore[return-value]

@@ -27,13 +27,14 @@ __all__ = ["main", "build_parser", "CommandError"]
 
 
 def build_parser() -> Parser:
-    from . import export_cmd, index_cmds, model_cmds
+    from . import export_cmd, index_cmds, model_cmds, serve_cmd
 
     parser = Parser(prog="cliprt", description="cliprt: CLIP-style embedding engine")
     sub = parser.add_subparsers(dest="command", required=True)
     index_cmds.register(sub)
     export_cmd.register(sub)
     model_cmds.register(sub)
+    serve_cmd.register(sub)
     return parser
 
 
