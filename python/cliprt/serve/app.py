@@ -22,6 +22,7 @@ import numpy as np
 
 from ..preprocess import ImageError
 from .batcher import QueueFull
+from .page import mount_page
 from .service import RequestError, ServeConfig, Service, decode_image
 
 try:
@@ -355,6 +356,7 @@ def create_app(model: Any = "default", *, collection: Optional[str] = None, inde
         out = probs.tolist()
         return {"labels": labels, "probabilities": out[0] if body.image is not None else out}
 
+    mount_page(app)
     return app
 
 
