@@ -26,9 +26,9 @@ saved high-water mark). Searches see an item from the moment it is applied in me
 every answered item is searchable.
 
 What it costs (2-core CPU VM, 64-d tiny model, items by embedding, one per request, measured
-with benchmarks/serve_durability.py): a commit takes 8-11 ms; one client gets ~65 adds/s
-(p50 14 ms), 8 concurrent clients ~217 adds/s (p50 34 ms, p99 67 ms) with 3.6 requests
-sharing each commit. Each commit writes one index segment file, and the index does not merge
+with benchmarks/serve_durability.py): a commit takes 7-12 ms; one client gets 65-76 adds/s
+(p50 12-14 ms), 8 concurrent clients 190-220 adds/s (p50 34-38 ms, p99 67-80 ms) with
+3.5 requests sharing each commit (two runs). Each commit writes one index segment file, and the index does not merge
 segments, so commits cost more as they accumulate (the manifest names every
 segment): measured on a 512-d index, a save of one row takes ~3 ms after 1 commit, ~7 ms
 after 500, ~46 ms after 2000, and a search over 12k rows 1 ms -> 8 ms. Coalescing keeps the
