@@ -218,6 +218,23 @@ class Collection:
             self._db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
             return ids
 
+    def remove(self, ids) -> np.ndarray:
+        """Removes items by id from the index and the metadata; returns the ids that were
+        present (ids not in the collection are ignored). Hidden from searches at once,
+        durable after commit(); a crash between the index save and the metadata commit is
+        finished by the next writer's repair (the metadata of a removed vector goes)."""
+        want = np.unique(np.asarray(ids, np.int64).reshape(-1))
+        with self._lock:
+            self.begin_writing()
+            present = np.asarray(sorted(self.metadata(want)), np.int64)
+            if len(present) == 0:
+                return present
+            stored = np.asarray([i for i in present if int(i) in self.index], np.int64)
+            if len(stored):
+                self.index.remove(stored)
+            self._db.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in present])
+            return present
+
     def add_failures(self, failures: Sequence[Dict[str, Any]]) -> None:
         with self._lock:
             self.begin_writing()

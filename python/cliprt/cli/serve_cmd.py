@@ -25,8 +25,18 @@ def cmd_serve(args) -> int:
         raise CommandError(f"cliprt serve needs the 'serve' extra: pip install 'cliprt[serve]' ({e})") from None
     from cliprt.serve import ServeConfig, create_app
 
+    if args.writable and args.read_only:
+        raise CommandError("give --writable or --read-only, not both")
+    if (args.writable or args.read_only) and args.collection is None:
+        raise CommandError("--writable and --read-only are about a collection: give --collection DIR")
+    for root in args.thumbnail_root or ():
+        if not os.path.isdir(root):
+            raise CommandError(f"--thumbnail-root {root!r} is not a directory")
     config = ServeConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue=args.queue,
-                         timeout_s=args.timeout, max_body_bytes=args.max_body)
+                         timeout_s=args.timeout, max_body_bytes=args.max_body,
+                         write="start" if args.writable else "never" if args.read_only else "on-demand",
+                         thumbnail_size=args.thumbnail_size,
+                         thumbnail_roots=tuple(args.thumbnail_root) if args.thumbnail_root else None)
     app = create_app(args.model, collection=args.collection, index=args.index, config=config, api_key=api_key,
                      device=args.device, cors_origins=args.cors or None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
@@ -36,7 +46,9 @@ def cmd_serve(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve embeddings, search and classification over HTTP")
     p.add_argument("--model", default="default", help="model package directory or 'default'")
-    p.add_argument("--collection", metavar="DIR", help="collection to search (read; adds come later)")
+    p.add_argument("--collection", metavar="DIR",
+                   help="collection to search; POST/DELETE /v1/items change it (the service becomes its writer "
+                        "at the first change)")
     p.add_argument("--index", metavar="DIR", help="a bare index to search (results carry no metadata)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int_at_least(0), default=8000)
@@ -51,5 +63,12 @@ def register(sub) -> None:
                    help="largest request body (K/M/G suffixes), then 413")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for ONNX Runtime's CUDA provider")
     p.add_argument("--cors", action="append", metavar="ORIGIN", help="allow this browser origin (repeatable)")
+    p.add_argument("--writable", action="store_true",
+                   help="become the collection's writer at start (take its lock, repair a crashed commit)")
+    p.add_argument("--read-only", action="store_true", help="refuse adds and deletes (403); never take the lock")
+    p.add_argument("--thumbnail-root", action="append", metavar="DIR",
+                   help="serve thumbnails only of item files under DIR (repeatable; default: any recorded path)")
+    p.add_argument("--thumbnail-size", type=int_at_least(16), default=256, metavar="PX",
+                   help="default longest side of item thumbnails")
     p.add_argument("--verbose", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)

@@ -33,6 +33,8 @@ try:
 except ImportError as e:          # pragma: no cover - depends on the install
     raise ImportError(f"cliprt serve needs the 'serve' extra: pip install 'cliprt[serve]' ({e})", name=e.name) from e
 
+from .items import register_items  # noqa: E402 - needs the 'serve' extra checked above
+
 __all__ = ["create_app"]
 
 
@@ -356,6 +358,7 @@ def create_app(model: Any = "default", *, collection: Optional[str] = None, inde
         out = probs.tolist()
         return {"labels": labels, "probabilities": out[0] if body.image is not None else out}
 
+    register_items(app, service, guarded)
     mount_page(app)
     return app
 

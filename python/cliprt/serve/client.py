@@ -4,6 +4,7 @@ the standard library's HTTP client.
     c = cliprt.Client("http://127.0.0.1:8000", api_key=os.environ.get("CLIPRT_KEY"))
     emb = c.embed_texts(["a dog", "a cat"])          # float32 (2, dim)
     hits = c.search(text="a dog on a beach", k=5)     # [Hit(id, score, metadata)]
+    ids = c.add(images=["a.jpg"], metadata=[{"album": "x"}])   # int64 ids, on disk when returned
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ class Client:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
+        return json.loads(self._request(method, path, body) or b"null")
+
+    def _request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> bytes:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -68,7 +72,7 @@ class Client:
             req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read() or b"null")
+                return r.read()
         except urllib.error.HTTPError as e:
             try:
                 err = json.loads(e.read()).get("error", {})
@@ -128,3 +132,52 @@ class Client:
         if templates is not None:
             body["templates"] = list(templates)
         return np.asarray(self._call("POST", "/v1/classify", body)["probabilities"], np.float64)
+
+    # ------------------------------------------------------------------ items
+    def add(self, images=None, *, embeddings=None, texts=None, metadata: Optional[Sequence[Dict[str, Any]]] = None,
+            keys: Optional[Sequence[str]] = None) -> np.ndarray:
+        """Adds items to the served collection: `images` (paths, bytes, PIL images or uint8
+        arrays), `embeddings` (n, dim) or `texts` -- one of them -- with one `metadata` dict
+        and one `key` per item when given. Returns their ids (int64); when it returns, the
+        items are on disk. A key the collection holds is replaced."""
+        given = [(name, v) for name, v in (("images", images), ("embeddings", embeddings), ("texts", texts))
+                 if v is not None]
+        if len(given) != 1:
+            raise ValueError("give one of images, embeddings, texts")
+        kind, values = given[0]
+        if kind == "images":
+            if isinstance(values, (str, bytes, os.PathLike)) or not isinstance(values, (list, tuple)):
+                values = [values]
+            items: List[Dict[str, Any]] = [{"image": _image_b64(im)} for im in values]
+        elif kind == "embeddings":
+            emb = np.asarray(values, np.float64)
+            if emb.ndim == 1:
+                emb = emb[None]
+            if emb.ndim != 2:
+                raise ValueError(f"embeddings must be (n, dim), got shape {emb.shape}")
+            items = [{"embedding": row.tolist()} for row in emb]
+        else:
+            values = [values] if isinstance(values, str) else list(values)
+            items = [{"text": t} for t in values]
+        for what, extra in (("metadata", metadata), ("key", keys)):
+            if extra is None:
+                continue
+            extra = list(extra)
+            if len(extra) != len(items):
+                raise ValueError(f"{len(extra)} {what} values for {len(items)} items")
+            for item, value in zip(items, extra):
+                item[what] = value
+        r = self._call("POST", "/v1/items", {"items": items})
+        return np.asarray(r["ids"], np.int64)
+
+    def get_item(self, id: int) -> Dict[str, Any]:
+        """{"id", "key", "path", "size", "mtime", "metadata"} of an item (ServiceError 404 if none)."""
+        return self._call("GET", f"/v1/items/{int(id)}")
+
+    def delete(self, id: int) -> None:
+        """Removes an item; on disk when it returns (ServiceError 404 if there is none)."""
+        self._call("DELETE", f"/v1/items/{int(id)}")
+
+    def thumbnail(self, id: int, size: Optional[int] = None) -> bytes:
+        """The JPEG or PNG thumbnail of an item ingested from a file."""
+        return self._request("GET", f"/v1/items/{int(id)}/thumbnail" + ("" if size is None else f"?size={int(size)}"))

@@ -41,6 +41,9 @@ class ServeConfig:
     max_body_bytes: int = 32 << 20  # request bodies past this get 413
     max_inputs: int = 256          # inputs (texts, images, queries) in one request
     max_k: int = 1000
+    write: str = "on-demand"       # items: "on-demand" (writer lock at the first add/delete), "start", "never"
+    thumbnail_size: int = 256      # default longest side of /v1/items/{id}/thumbnail
+    thumbnail_roots: Optional[Tuple[str, ...]] = None   # thumbnails only of files under these (None: any recorded path)
 
 
 class _Metrics:
@@ -103,6 +106,9 @@ class Service:
         self.started = time.time()
         self._closed = False
         self._write_lock = threading.Lock()
+        # Held by searches and by the item writer's changes (and its switch to writing), so a
+        # search sees the collection before or after each add or delete, never halfway.
+        self.store_lock = threading.RLock()
         self._classifiers: Dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ batch functions
@@ -121,6 +127,10 @@ class Service:
         return out
 
     def _searches(self, items: List[Tuple[np.ndarray, int, Optional[dict], Optional[str]]]) -> List[Any]:
+        with self.store_lock:
+            return self._searches_locked(items)
+
+    def _searches_locked(self, items: List[Tuple[np.ndarray, int, Optional[dict], Optional[str]]]) -> List[Any]:
         out: List[Any] = [None] * len(items)
         groups: Dict[str, List[int]] = {}
         for i, (_, k, where, path_like) in enumerate(items):
