@@ -28,6 +28,7 @@ try:
     from fastapi import Depends, FastAPI, File, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
     from pydantic import BaseModel, ConfigDict, Field
 except ImportError as e:          # pragma: no cover - depends on the install
     raise ImportError(f"cliprt serve needs the 'serve' extra: pip install 'cliprt[serve]' ({e})", name=e.name) from e
@@ -244,6 +245,14 @@ def create_app(model: Any = "default", *, collection: Optional[str] = None, inde
     async def timed_out(_, e):
         metrics.errors.labels("timeout").inc()
         return _error(504, f"the request took longer than {config.timeout_s:g} s", "timeout")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, e: HTTPException):
+        # the framework's own refusals (a body that is not JSON, an unknown route, a wrong
+        # method) in the same error shape as the app's
+        kind = {400: "invalid_request_error", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        metrics.errors.labels(kind).inc()
+        return _error(e.status_code, str(e.detail), kind, e.headers)
 
     @app.exception_handler(Exception)
     async def internal(_, e: Exception):
