@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import datetime
+import glob
 import io
 import json
 import os
@@ -49,6 +50,14 @@ _SERVER_BOOT = (
     "import sys, runpy; sys.path.insert(0, sys.argv.pop(1)); "
     "sys.meta_path[:] = [f for f in sys.meta_path if 'cliprt' not in type(f).__module__]; "
     "sys.argv[0] = 'cliprt'; runpy.run_module('cliprt', run_name='__main__', alter_sys=True)")
+
+def _cliprt_command() -> List[str]:
+    """`cliprt` from this checkout's python/ when its native core is built there (a
+    development tree), else the installed cliprt."""
+    if glob.glob(os.path.join(REPO, "python", "cliprt", "_core*.so")):
+        return [sys.executable, "-c", _SERVER_BOOT, os.path.join(REPO, "python")]
+    return [sys.executable, "-m", "cliprt"]
+
 
 WORDS = ("dog cat bird car tree house river mountain red blue green small large old new photo painting "
          "drawing street beach forest city night morning snow rain boat train plane flower chair table").split()
@@ -122,7 +131,7 @@ class Server:
                  queue: int = 4096):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-c", _SERVER_BOOT, os.path.join(REPO, "python"), "serve", "--model", model,
+        cmd = _cliprt_command() + ["serve", "--model", model,
                "--port", str(self.port), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                "--queue", str(queue), "--timeout", "60"]
         if collection:
