@@ -149,15 +149,16 @@ class Retriever:
         return self.search_vectors(np.asarray(query, np.float32)[None, :], k=k, where=where, path_like=path_like)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, where: Optional[Dict[str, Any]] = None,
-                       path_like: Optional[str] = None) -> List[List[Hit]]:
-        """Hits of each row of `queries` (n, dim), all under the same filters, in one scan."""
+                       path_like: Optional[str] = None, threads: Optional[int] = None) -> List[List[Hit]]:
+        """Hits of each row of `queries` (n, dim), all under the same filters, in one scan
+        (`threads`: the index's scan threads, default all cores)."""
         queries = np.asarray(queries, np.float32)
         if queries.ndim != 2:
             raise ValueError(f"queries must be 2-D (n, dim), got shape {queries.shape}")
         if self.collection is None:
             if where or path_like:
                 raise ValueError("metadata filters need a Collection, not a bare Index")
-            scores, ids = self.index.search(queries, k=k)
+            scores, ids = self.index.search(queries, k=k, threads=threads)
             return [[Hit(int(i), float(s), {}) for s, i in zip(sr, ir) if i >= 0] for sr, ir in zip(scores, ids)]
         allow = self.collection.searchable(where, path_like)
         if allow is not None and len(allow) == 0:
@@ -170,7 +171,7 @@ class Retriever:
         todo = np.arange(len(queries))
         want = k
         while len(todo):
-            scores, ids = self.index.search(queries[todo], k=want, allow=allow)
+            scores, ids = self.index.search(queries[todo], k=want, allow=allow, threads=threads)
             meta = self.collection.metadata(np.unique(ids[ids >= 0]))
             again = []
             for row, sr, ir in zip(todo, scores, ids):

@@ -14,6 +14,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -101,8 +102,11 @@ class Service:
             self.batchers["image"] = Batcher("image", self._images, max_batch=c.max_batch, max_wait=wait,
                                              max_queue=c.queue, on_batch=hook("image"))
         if self.retriever is not None:
-            self.batchers["search"] = Batcher("search", self._searches, max_batch=max(c.max_batch, 64),
+            self.batchers["search"] = Batcher("search", self._searches, max_batch=c.max_batch,
                                               max_wait=wait, max_queue=c.queue, on_batch=hook("search"))
+        # Scan threads per search batch: one leaves the other cores to the event loop and the
+        # towers (CLIPRT_SERVE_SEARCH_THREADS overrides; see benchmarks/results/serve_load.md).
+        self.search_threads = int(os.environ.get("CLIPRT_SERVE_SEARCH_THREADS", "1"))
         self.started = time.time()
         self._closed = False
         self._write_lock = threading.Lock()
@@ -139,7 +143,7 @@ class Service:
             _, k, where, path_like = items[rows[0]]
             q = np.stack([items[i][0] for i in rows])
             try:
-                hits = self.retriever.search_vectors(q, k=k, where=where, path_like=path_like)
+                hits = self.retriever.search_vectors(q, k=k, where=where, path_like=path_like, threads=self.search_threads)
             except (ValueError, TypeError, KeyError) as e:
                 for i in rows:
                     out[i] = RequestError(str(e))
