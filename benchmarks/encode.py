@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import tempfile
 import time
 
 import numpy as np
+from _machine import cpu_name  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "..", "..", "shared", "data", "imagenet-sample")
@@ -43,14 +43,6 @@ MODELS = ("ViT-B-32", "MobileCLIP-S1")
 BATCHES = (1, 8, 32)
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_simd() -> str:

@@ -25,6 +25,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from _machine import cpu_name
+
 CHILD = r"""
 import importlib.machinery, json, os, resource, sys
 root, path, mode, resize_mode, window = sys.argv[1:6]
@@ -91,15 +93,6 @@ def measure(root: str, path: str, mode: str, resize_mode: str = "shortest", wind
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import glob
 import io
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+from _machine import cpu_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "python"))
@@ -64,15 +64,6 @@ WORDS = ("dog cat bird car tree house river mountain red blue green small large 
 
 
 # ------------------------------------------------------------------------------ setup
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def tiny_model(cache: str) -> str:

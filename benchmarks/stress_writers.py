@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 
 import cliprt
 from cliprt import Index
+from _machine import cpu_name  # noqa: E402
 
 DIM = 24
 
@@ -69,14 +69,6 @@ _SAVER = textwrap.dedent("""
 """)
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def writers(trials: int, per_process: int, root: str) -> dict:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +25,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _cliprt_process  # noqa: E402
+import _live_server  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = _live_server.free_port
 
 
 def start_server(model: str, collection: str, port: int, *extra: str) -> subprocess.Popen:

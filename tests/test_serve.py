@@ -8,7 +8,6 @@ import base64
 import concurrent.futures as cf
 import io
 import os
-import socket
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+import _live_server  # noqa: E402
 import _tiny_clip  # noqa: E402
 from cliprt.collection import Collection  # noqa: E402
 from cliprt.encode import Encoder  # noqa: E402
@@ -341,27 +341,10 @@ def test_batcher_coalesces_isolates_errors_and_bounds_its_queue():
 
 
 # ------------------------------------------------------------------------- live server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(world):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(world["app"], host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    t.join(10)
+    with _live_server.serving(world["app"]) as url:
+        yield url
 
 
 def test_official_openai_client(live, enc):
@@ -400,7 +383,7 @@ def test_cli_serve_answers_and_requires_its_key(world, tmp_path_factory):
     import urllib.request
 
     model = _tiny_clip.exported(tmp_path_factory, precisions=("fp32",))[1]
-    port = _free_port()
+    port = _live_server.free_port()
     env = dict(os.environ, CLIPRT_TEST_KEY="k3y")
     p = subprocess.Popen([sys.executable, "-m", "cliprt", "serve", "--model", model, "--collection", world["path"],
                           "--port", str(port), "--api-key-env", "CLIPRT_TEST_KEY"], env=env,

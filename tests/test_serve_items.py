@@ -7,10 +7,8 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import io
-import json
 import os
 import sys
-import threading
 import time
 
 import numpy as np
@@ -24,6 +22,7 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _cliprt_process  # noqa: E402
+import _live_server  # noqa: E402
 import _serve_kill  # noqa: E402
 import _tiny_clip  # noqa: E402
 import cliprt  # noqa: E402
@@ -332,18 +331,8 @@ def test_a_second_writer_is_refused(enc, model, tmp_path):
 
 # ------------------------------------------------------------------------- the client
 def test_python_client_add_get_delete_thumbnail(world, enc):
-    import uvicorn
-
-    port = _serve_kill.free_port()
-    server = uvicorn.Server(uvicorn.Config(world["app"], host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    try:
-        c = cliprt.Client(f"http://127.0.0.1:{port}")
+    with _live_server.serving(world["app"]) as url:
+        c = cliprt.Client(url)
         rng = np.random.default_rng(9)
         emb = rng.standard_normal((3, enc.dim)).astype(np.float32)
         ids = c.add(embeddings=emb, metadata=[{"i": i} for i in range(3)], keys=["c0", "c1", "c2"])
@@ -366,9 +355,6 @@ def test_python_client_add_get_delete_thumbnail(world, enc):
             c.add(embeddings=[[float("nan")] * enc.dim])
         with pytest.raises(ValueError, match="one of"):
             c.add()
-    finally:
-        server.should_exit = True
-        t.join(10)
 
 
 # ------------------------------------------------------------------------- kill -9

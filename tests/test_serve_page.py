@@ -13,10 +13,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -54,6 +51,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+import _live_server  # noqa: E402
 import _tiny_clip  # noqa: E402
 from cliprt.collection import Collection  # noqa: E402
 from cliprt.encode import Encoder  # noqa: E402
@@ -83,25 +81,6 @@ def _png(color, shape, i) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(app):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    return server, t, f"http://127.0.0.1:{server.config.port}"
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     enc = Encoder.load(_tiny_clip.exported(tmp_path_factory, precisions=("fp32",))[1])
@@ -115,13 +94,10 @@ def world(tmp_path_factory):
         col.commit()
     reader = Collection.open(d)
     config = ServeConfig(max_wait_ms=2, timeout_s=60)
-    servers = [_serve(create_app(encoder=enc, store=reader, config=config)),
-               _serve(create_app(encoder=enc, store=reader, config=config, api_key=KEY))]
-    yield {"images": images, "ids": [int(i) for i in ids], "retriever": Retriever(enc, reader),
-           "url": servers[0][2], "url_key": servers[1][2]}
-    for server, t, _ in servers:
-        server.should_exit = True
-        t.join(10)
+    with _live_server.serving(create_app(encoder=enc, store=reader, config=config)) as url, \
+            _live_server.serving(create_app(encoder=enc, store=reader, config=config, api_key=KEY)) as url_key:
+        yield {"images": images, "ids": [int(i) for i in ids], "retriever": Retriever(enc, reader),
+               "url": url, "url_key": url_key}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import base64
 import binascii
 import dataclasses
 import json
-import os
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -42,6 +41,7 @@ class ServeConfig:
     max_body_bytes: int = 32 << 20  # request bodies past this get 413
     max_inputs: int = 256          # inputs (texts, images, queries) in one request
     max_k: int = 1000
+    search_threads: int = 1        # scan threads per search batch: the other cores stay with the event loop
     write: str = "on-demand"       # items: "on-demand" (writer lock at the first add/delete), "start", "never"
     thumbnail_size: int = 256      # default longest side of /v1/items/{id}/thumbnail
     thumbnail_roots: Optional[Tuple[str, ...]] = None   # thumbnails only of files under these (None: any recorded path)
@@ -104,12 +104,9 @@ class Service:
         if self.retriever is not None:
             self.batchers["search"] = Batcher("search", self._searches, max_batch=c.max_batch,
                                               max_wait=wait, max_queue=c.queue, on_batch=hook("search"))
-        # Scan threads per search batch: one leaves the other cores to the event loop and the
-        # towers (CLIPRT_SERVE_SEARCH_THREADS overrides; see benchmarks/results/serve_load.md).
-        self.search_threads = int(os.environ.get("CLIPRT_SERVE_SEARCH_THREADS", "1"))
         self.started = time.time()
         self._closed = False
-        self._write_lock = threading.Lock()
+        self._classifiers_lock = threading.Lock()
         # Held by searches and by the item writer's changes (and its switch to writing), so a
         # search sees the collection before or after each add or delete, never halfway.
         self.store_lock = threading.RLock()
@@ -143,7 +140,8 @@ class Service:
             _, k, where, path_like = items[rows[0]]
             q = np.stack([items[i][0] for i in rows])
             try:
-                hits = self.retriever.search_vectors(q, k=k, where=where, path_like=path_like, threads=self.search_threads)
+                hits = self.retriever.search_vectors(q, k=k, where=where, path_like=path_like,
+                                                     threads=self.config.search_threads)
             except (ValueError, TypeError, KeyError) as e:
                 for i in rows:
                     out[i] = RequestError(str(e))
@@ -250,7 +248,7 @@ class Service:
         from ..zeroshot import ZeroShotClassifier
 
         key = (tuple(labels), None if templates is None else tuple(templates))
-        with self._write_lock:
+        with self._classifiers_lock:
             clf = self._classifiers.pop(key, None)
         if clf is None:
             try:
@@ -258,7 +256,7 @@ class Service:
                 clf.class_embeddings
             except ValueError as e:
                 raise RequestError(str(e)) from None
-        with self._write_lock:
+        with self._classifiers_lock:
             self._classifiers[key] = clf
             while len(self._classifiers) > 16:
                 self._classifiers.pop(next(iter(self._classifiers)))
