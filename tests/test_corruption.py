@@ -386,29 +386,8 @@ def test_segment_crafted_section_past_end(tmp_path):
     the manifest updated to accept the new header."""
     d = str(tmp_path / "ix")
     _make_index(d)
-    seg = _seg_file(d)
-    with open(seg, "r+b") as f:
-        hdr = bytearray(f.read(HEADER_BYTES))
-        base = RAW_HEADER.size + 2 * RAW_SECTION.size   # codes
-        kind, res, off, nbytes, h = RAW_SECTION.unpack_from(hdr, base)
-        RAW_SECTION.pack_into(hdr, base, kind, res, off, nbytes + (1 << 40), h)
-        newh = xxh64(bytes(hdr[:HASH_OFFSET]))
-        struct.pack_into("<Q", hdr, HASH_OFFSET, newh)
-        f.seek(0)
-        f.write(hdr)
-    name = os.path.basename(seg)
-
-    def edit(lines):
-        out = []
-        for line in lines:
-            if line.startswith("segment " + name):
-                parts = line.split()
-                parts[3] = "%016x" % newh
-                line = " ".join(parts)
-            out.append(line)
-        return out
-
-    _rewrite_manifest(d, edit)
+    off, nbytes = _sections(_seg_file(d))["codes"]
+    name = _craft_segment(d, sections={2: (off, nbytes + (1 << 40))})
     _expect_format_error(d, name)
 
 
