@@ -459,12 +459,19 @@ def _model_label(path: str) -> str:
         return os.path.basename(os.path.normpath(path))
 
 
+def _simd_variant() -> str:
+    import cliprt
+
+    return str(cliprt.build_info().get("simd_selected", "?"))
+
+
 def render(rows, speedups, parity, args) -> str:
     search = [r for r in rows if r["scenario"].startswith("search")]
     lines = [
         "# cliprt serve under load",
         "",
-        f"`python benchmarks/serve_load.py` on {cpu_name()} ({os.cpu_count()} cores), "
+        f"`python benchmarks/serve_load.py` on {cpu_name()} ({os.cpu_count()} cores, index scans "
+        f"{_simd_variant()}), "
         f"{datetime.date.today().isoformat()}; {args.clients} concurrent clients "
         f"({'keep-alive HTTP/1.1 on asyncio streams' if args.client == 'raw' else 'httpx.AsyncClient'}, one process) "
         f"on loopback against `cliprt serve` (uvicorn on {uvicorn_stack()}, one worker process) on the same machine; each scenario "
