@@ -413,3 +413,17 @@ def test_cli_serve_answers_and_requires_its_key(world, tmp_path_factory):
     finally:
         p.terminate()
         p.wait(30)
+
+
+def test_shutdown_closes_only_what_the_app_opened(world, enc):
+    path = world["path"]
+    mine = Collection.open(path)
+    with TestClient(create_app(encoder=enc, store=mine)) as c:
+        assert c.get("/ready").status_code == 200
+    assert len(mine.select({"label": "dog"})) == 8          # still open for its owner
+    mine.close()
+    app = create_app(encoder=enc, collection=path)
+    with TestClient(app) as c:
+        assert c.get("/ready").status_code == 200
+    with pytest.raises(AttributeError):                       # the app's own collection is closed
+        app.state.service.collection.select({"label": "dog"})

@@ -301,7 +301,8 @@ def test_items_need_a_collection_and_read_only_refuses_changes(enc, world, tmp_p
 def test_a_second_writer_is_refused(enc, model, tmp_path):
     d = tmp_path / "col"
     Collection.create(d, model="tiny", dim=enc.dim).close()
-    app = create_app(encoder=enc, store=Collection.open(d), config=ServeConfig(write="start"))
+    store = Collection.open(d)
+    app = create_app(encoder=enc, store=store, config=ServeConfig(write="start"))
     with TestClient(app) as c:
         assert app.state.service.collection.writing
         # another process: the library and the serve command both get LockedError
@@ -319,6 +320,7 @@ def test_a_second_writer_is_refused(enc, model, tmp_path):
         # adds still work here
         r = c.post("/v1/items", json={"items": [{"text": "still the writer"}]})
         assert r.status_code == 200, r.text
+    store.close()       # a store passed in is the caller's to close (and its writer lock with it)
     # a service whose first add finds another writer answers 409, and stays ready
     with Collection.open(d) as other:
         other.begin_writing()

@@ -190,6 +190,7 @@ def create_app(model: Any = "default", *, collection: Optional[str] = None, inde
         raise ValueError("give a collection or an index, not both")
     if encoder is None:
         encoder = Encoder.load(model, device=device)
+    opened = store is None and (collection is not None or index is not None)
     if store is None and collection is not None:
         from ..collection import Collection
 
@@ -200,7 +201,7 @@ def create_app(model: Any = "default", *, collection: Optional[str] = None, inde
         store = Index.load(index)
     holder: Dict[str, Any] = {}
     metrics = PrometheusMetrics(lambda: holder.get("service"))
-    service = Service(encoder, store, config, metrics)
+    service = Service(encoder, store, config, metrics, owns_store=opened)
     holder["service"] = weakref.proxy(service)
 
     @contextlib.asynccontextmanager

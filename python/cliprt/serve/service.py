@@ -78,7 +78,10 @@ def looks_like_image_data(text: str) -> bool:
 
 
 class Service:
-    def __init__(self, encoder, store=None, config: Optional[ServeConfig] = None, metrics: Optional[_Metrics] = None):
+    def __init__(self, encoder, store=None, config: Optional[ServeConfig] = None, metrics: Optional[_Metrics] = None,
+                 *, owns_store: bool = False):
+        """`owns_store`: close the store with the service (it was opened for it); a store
+        the caller passed in stays open for the caller."""
         self.encoder = encoder
         self.config = config or ServeConfig()
         self.metrics = metrics or _Metrics()
@@ -105,6 +108,7 @@ class Service:
             self.batchers["search"] = Batcher("search", self._searches, max_batch=c.max_batch,
                                               max_wait=wait, max_queue=c.queue, on_batch=hook("search"))
         self.started = time.time()
+        self._owns_store = owns_store
         self._closed = False
         self._classifiers_lock = threading.Lock()
         # Held by searches and by the item writer's changes (and its switch to writing), so a
@@ -280,5 +284,5 @@ class Service:
         self._closed = True
         for b in self.batchers.values():
             b.close()
-        if self.collection is not None:
+        if self.collection is not None and self._owns_store:
             self.collection.close()
